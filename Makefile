@@ -1,0 +1,44 @@
+# Foundation models for medical imaging, hands-on.
+#   make lab     set up .venv if missing, then open JupyterLab on notebooks/   (learners)
+#   make course  set up .venv if missing, then re-execute every notebook in place, quick profile,
+#                and print each notebook's wall time and the total            (the speed benchmark)
+#   make test    set up .venv if missing, then unit tests + every notebook under nbval (what CI runs)
+SHELL      := /bin/bash
+PYTHON     ?= python3
+VENV       ?= .venv
+BIN        := $(VENV)/bin
+# The torch build this course is verified with; override e.g. TORCH_SPEC="torch torchvision" on Colab/GPU boxes.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP      := $(VENV)/.installed
+NBVAL_OPTS := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+.PHONY: setup lab course test unit notebooks pretrain clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e ".[dev]" $(TORCH_SPEC)
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $(STAMP)
+
+lab: setup
+	$(BIN)/jupyter lab notebooks/
+
+course: setup
+	COURSE_PROFILE=quick MPLBACKEND=Agg $(BIN)/python tools/run_course.py notebooks
+
+test: setup
+	COURSE_PROFILE=quick HF_HUB_OFFLINE=1 MPLBACKEND=Agg PYTHONWARNINGS=ignore::DeprecationWarning \
+	  $(BIN)/python -m pytest tests notebooks $(NBVAL_OPTS)
+
+unit: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests
+
+notebooks: setup
+	COURSE_PROFILE=quick HF_HUB_OFFLINE=1 MPLBACKEND=Agg $(BIN)/python -m pytest notebooks $(NBVAL_OPTS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

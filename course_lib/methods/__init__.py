@@ -1,0 +1,1 @@
+"""Adaptation methods, one module per method, each named after it (see README's notebook map)."""

@@ -1,0 +1,1 @@
+"""Backbones: one interface for the course-built tiny CLIP and real open_clip models."""

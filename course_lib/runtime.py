@@ -1,0 +1,398 @@
+"""Runtime: profiles, device, seeds, caches, data folders and hub reachability.
+
+Every notebook starts with::
+
+    from course_lib import runtime
+    P = runtime.setup()          # picks the profile, seeds everything, prints summary()
+
+and then takes *every* size it needs from ``P`` (``P.image_size``, ``P.epochs``,
+``P.section("hybrid_tuning").steps`` ...). Two profiles exist (see DESIGN.md):
+
+``quick``
+    CPU-friendly: small images, few samples/epochs, the course-built tiny
+    backbone and the SonoSynth data world. CI runs this.
+``full``
+    A CUDA GPU, real pretrained backbones, real datasets, paper-like sizes.
+
+Choice: explicit name > ``COURSE_PROFILE`` > ``CI`` set (-> quick) > CUDA present
+(-> full) > quick.
+
+Method modules register their own sizes with :func:`register_section` so that a
+notebook never hard-codes a number and each module owns its settings.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import socket
+import sys
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+PROFILE_NAMES = ("quick", "full")
+
+#: package root and repository root (when running from a checkout)
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parent
+
+
+# --------------------------------------------------------------------------- profiles
+@dataclass(frozen=True)
+class Profile:
+    """Every size a notebook needs. Frozen: use :meth:`with_` to derive a variant."""
+
+    name: str
+    image_size: int  # SonoSynth / real images fed to small models (pixels, square)
+    clip_image_size: int  # image size for the CLIP backbone in use
+    backbone: str  # default vision-language backbone name for load_backbone
+    n_train: int  # training samples per experiment
+    n_val: int
+    n_test: int
+    epochs: int
+    batch_size: int
+    lr: float
+    shots: tuple[int, ...]  # few-shot settings swept by notebooks
+    seeds: tuple[int, ...]  # seeds for mean +- std
+    num_workers: int
+    pin_memory: bool
+    max_real: int  # cap on real images loaded per dataset (0 = no cap)
+    seed: int = 0
+    _sections: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def section(self, name: str) -> SimpleNamespace:
+        """Sizes registered by a method module under ``name`` for this profile."""
+        if name not in _SECTIONS:
+            known = ", ".join(sorted(_SECTIONS)) or "none yet"
+            raise KeyError(
+                f"no profile section {name!r} is registered (known: {known}). "
+                f"Import the module that defines it (it calls runtime.register_section) first."
+            )
+        return SimpleNamespace(**_SECTIONS[name][self.name])
+
+    def with_(self, **changes: Any) -> "Profile":
+        """A copy with some sizes changed, e.g. ``P.with_(epochs=1)`` for a test."""
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+
+
+_BASE = {
+    "quick": dict(
+        image_size=64,
+        clip_image_size=64,
+        backbone="sonoclip-tiny",
+        n_train=512,
+        n_val=128,
+        n_test=256,
+        epochs=3,
+        batch_size=64,
+        lr=1e-3,
+        shots=(1, 2, 4, 8, 16),
+        seeds=(0, 1, 2),
+        num_workers=0,
+        pin_memory=False,
+        max_real=160,
+    ),
+    "full": dict(
+        image_size=224,
+        clip_image_size=224,
+        backbone="auto",
+        n_train=8000,
+        n_val=1000,
+        n_test=2000,
+        epochs=30,
+        batch_size=64,
+        lr=1e-4,
+        shots=(1, 2, 4, 8, 16),
+        seeds=(0, 1, 2, 3, 4),
+        num_workers=4,
+        pin_memory=True,
+        max_real=0,
+    ),
+}
+
+_SECTIONS: dict[str, dict[str, dict]] = {}
+
+
+def register_section(name: str, *, quick: dict, full: dict) -> None:
+    """Declare the sizes a module needs, once per profile (same keys in both).
+
+    Called at import time by method modules, e.g.::
+
+        runtime.register_section("universeg", quick=dict(steps=300), full=dict(steps=20000))
+    """
+    if set(quick) != set(full):
+        raise ValueError(
+            f"profile section {name!r}: quick and full must define the same keys; "
+            f"only in quick: {sorted(set(quick) - set(full))}, only in full: {sorted(set(full) - set(quick))}"
+        )
+    _SECTIONS[name] = {"quick": dict(quick), "full": dict(full)}
+
+
+def profile_name_from_env() -> str:
+    env = os.environ.get("COURSE_PROFILE", "").strip().lower()
+    if env:
+        return env
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        return "quick"
+    return "full" if _cuda_available() else "quick"
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """Return the active :class:`Profile` (see module docstring for the rules)."""
+    name = (name or profile_name_from_env()).strip().lower()
+    if name not in PROFILE_NAMES:
+        raise ValueError(
+            f"unknown profile {name!r}: choose one of {PROFILE_NAMES} "
+            f"(set COURSE_PROFILE=quick or COURSE_PROFILE=full, or pass name=...)"
+        )
+    return Profile(name=name, **_BASE[name])
+
+
+# --------------------------------------------------------------------------- device / AMP
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover - torch missing
+        return False
+
+
+def get_device(prefer: str | None = None):
+    """Best available ``torch.device``: cuda, then mps, then cpu.
+
+    ``prefer`` (or ``COURSE_DEVICE``) forces one; asking for an absent device raises.
+    """
+    import torch
+
+    prefer = prefer or os.environ.get("COURSE_DEVICE") or None
+    if prefer:
+        dev = torch.device(prefer)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device {prefer!r} was requested but CUDA is not available here; "
+                f"unset COURSE_DEVICE or use 'cpu'"
+            )
+        if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise RuntimeError(f"device {prefer!r} was requested but MPS is not available; use 'cpu'")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def amp_dtype(device=None):
+    """Mixed-precision dtype for ``device``: bf16 where supported, else fp16, None on CPU/MPS."""
+    import torch
+
+    device = torch.device(device) if device is not None else get_device()
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device):
+    """``torch.autocast`` on CUDA with :func:`amp_dtype`; a no-op context elsewhere."""
+    import torch
+
+    device = torch.device(device)
+    dtype = amp_dtype(device)
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device):
+    """A GradScaler that is enabled only when AMP runs in fp16 (bf16 needs none)."""
+    import torch
+
+    device = torch.device(device)
+    enabled = amp_dtype(device) == torch.float16
+    return torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu", enabled=enabled)
+
+
+def seed_everything(seed: int = 0, deterministic: bool = False) -> int:
+    """Seed python, numpy and torch (all devices). Returns the seed."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(seed)
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return seed
+
+
+# --------------------------------------------------------------------------- folders
+def cache_dir(*parts: str) -> Path:
+    """``$COURSE_CACHE`` (default ``~/.cache/course_lib``), created, joined with ``parts``."""
+    root = Path(os.environ.get("COURSE_CACHE") or Path.home() / ".cache" / "course_lib").expanduser()
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A real dataset folder is missing or empty; the message says where we looked and how to fix it."""
+
+
+def data_roots(path: str | os.PathLike | None = None) -> list[Path]:
+    """Candidate roots for real datasets, in priority order."""
+    roots: list[Path] = []
+    if path is not None:
+        roots.append(Path(path).expanduser())
+    env = os.environ.get("COURSE_DATA_DIR")
+    if env:
+        roots.append(Path(env).expanduser())
+    roots.append(REPO_DIR.parent / "shared" / "data")
+    return roots
+
+
+def find_data_dir(folder: str, path: str | os.PathLike | None = None) -> Path | None:
+    """First existing, non-empty ``<root>/<folder>`` (or ``path`` itself if it is that folder).
+
+    ``path`` may point either at the dataset folder itself or at a root holding it.
+    """
+    if path is not None:
+        p = Path(path).expanduser()
+        if p.is_dir() and p.name == folder and any(p.iterdir()):
+            return p
+    for root in data_roots(path):
+        cand = root / folder
+        if cand.is_dir() and any(cand.iterdir()):
+            return cand
+    return None
+
+
+def require_data_dir(folder: str, dataset: str, url: str, path: str | os.PathLike | None = None) -> Path:
+    """Like :func:`find_data_dir` but raises :class:`DatasetNotFoundError` that names the
+    dataset, every place looked at, and where to download it."""
+    found = find_data_dir(folder, path)
+    if found is not None:
+        return found
+    looked = [str(r / folder) for r in data_roots(path)]
+    if path is not None:
+        looked.insert(0, str(Path(path).expanduser()))
+    raise DatasetNotFoundError(
+        f"{dataset}: no non-empty folder '{folder}' found. Looked in: {', '.join(looked)}. "
+        f"Download it from {url} and either pass its path, or set COURSE_DATA_DIR to the folder "
+        f"that contains '{folder}/' (see data_cards/)."
+    )
+
+
+def real_data_required() -> bool:
+    """CI sets ``COURSE_REQUIRE_REAL_DATA=1``: tests then fail instead of skipping."""
+    return os.environ.get("COURSE_REQUIRE_REAL_DATA", "").strip() in ("1", "true", "yes")
+
+
+def is_colab() -> bool:
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+# --------------------------------------------------------------------------- hub reachability
+_HUB_CACHE: dict[str, bool] = {}
+
+
+def offline_forced() -> bool:
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes")
+        for v in ("HF_HUB_OFFLINE", "COURSE_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def hub_reachable(host: str = "huggingface.co", port: int = 443, timeout: float = 1.5) -> bool:
+    """Can we open a TCP connection to ``host``? Never blocks more than ``timeout`` + 0.2 s.
+
+    Honours ``HF_HUB_OFFLINE`` / ``COURSE_OFFLINE`` (returns False at once). DNS lookups
+    can hang longer than socket timeouts, so the probe runs in a daemon thread that we
+    simply stop waiting for. Results are cached per process.
+    """
+    if offline_forced():
+        return False
+    key = f"{host}:{port}"
+    if key in _HUB_CACHE:
+        return _HUB_CACHE[key]
+    result = {"ok": False}
+
+    def probe():
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result["ok"] = True
+        except OSError:
+            result["ok"] = False
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.2)
+    _HUB_CACHE[key] = bool(result["ok"]) and not t.is_alive()
+    return _HUB_CACHE[key]
+
+
+# --------------------------------------------------------------------------- summary
+def summary(profile: Profile | None = None, print_: bool = True) -> str:
+    """One short block: profile, device, versions, backbone and data sources."""
+    import torch
+
+    profile = profile or get_profile()
+    dev = get_device()
+    cuda = torch.version.cuda if torch.cuda.is_available() else "none"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-"
+    amp = amp_dtype(dev)
+    real = {
+        name: ("found" if find_data_dir(name) is not None else "absent")
+        for name in ("busi_gt", "busi_256", "hc18", "totalseg")
+    }
+    lines = [
+        f"profile   : {profile.name} (image {profile.image_size}px, {profile.epochs} epochs, "
+        f"batch {profile.batch_size}, seeds {list(profile.seeds)})",
+        f"device    : {dev.type} ({gpu}), AMP {str(amp).replace('torch.', '') if amp else 'off'}",
+        f"versions  : python {platform.python_version()}, torch {torch.__version__}, CUDA {cuda}",
+        f"backbone  : {profile.backbone}",
+        f"data      : SonoSynth (procedural); real: "
+        + ", ".join(f"{k} {v}" for k, v in real.items()),
+        f"hub       : {'offline (forced)' if offline_forced() else 'checked on demand'}; colab: {is_colab()}",
+    ]
+    text = "\n".join(lines)
+    if print_:
+        print(text)
+    return text
+
+
+def setup(profile: str | None = None, seed: int = 0, quiet: bool = False) -> Profile:
+    """Notebook entry point: pick the profile, seed everything, print the summary."""
+    P = get_profile(profile)
+    seed_everything(seed)
+    if not quiet:
+        summary(P)
+    return P
+
+
+class Timer:
+    """``with Timer() as t: ...; t.seconds`` — wall time of a block."""
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+        return False

@@ -1,0 +1,158 @@
+"""Runtime: profile choice, sections, device/AMP, seeds, folders, hub check, summary."""
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from course_lib import runtime
+
+
+def test_profile_env_override(monkeypatch):
+    monkeypatch.setenv("COURSE_PROFILE", "full")
+    assert runtime.get_profile().name == "full"
+    monkeypatch.setenv("COURSE_PROFILE", "quick")
+    assert runtime.get_profile().name == "quick"
+
+
+def test_ci_means_quick(monkeypatch):
+    monkeypatch.delenv("COURSE_PROFILE", raising=False)
+    monkeypatch.setenv("CI", "true")
+    assert runtime.get_profile().name == "quick"
+
+
+def test_default_without_cuda_is_quick(monkeypatch):
+    monkeypatch.delenv("COURSE_PROFILE", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setattr(runtime, "_cuda_available", lambda: False)
+    assert runtime.get_profile().name == "quick"
+    monkeypatch.setattr(runtime, "_cuda_available", lambda: True)
+    assert runtime.get_profile().name == "full"
+
+
+def test_unknown_profile_names_the_fix():
+    with pytest.raises(ValueError, match=r"unknown profile 'fast'.*COURSE_PROFILE=quick"):
+        runtime.get_profile("fast")
+
+
+def test_quick_is_smaller_than_full():
+    q, f = runtime.get_profile("quick"), runtime.get_profile("full")
+    for key in ("image_size", "n_train", "n_test", "epochs"):
+        assert getattr(q, key) < getattr(f, key), key
+    assert q.with_(epochs=1).epochs == 1 and q.epochs != 1  # with_ derives, does not mutate
+
+
+def test_sections_register_and_read():
+    runtime.register_section("_test_section", quick=dict(steps=3), full=dict(steps=300))
+    assert runtime.get_profile("quick").section("_test_section").steps == 3
+    assert runtime.get_profile("full").section("_test_section").steps == 300
+    with pytest.raises(ValueError, match="same keys"):
+        runtime.register_section("_bad", quick=dict(a=1), full=dict(b=1))
+    with pytest.raises(KeyError, match="Import the module"):
+        runtime.get_profile("quick").section("_never_registered")
+
+
+def test_device_and_amp_on_cpu(monkeypatch):
+    monkeypatch.delenv("COURSE_DEVICE", raising=False)
+    dev = runtime.get_device()
+    assert isinstance(dev, torch.device)
+    cpu = torch.device("cpu")
+    assert runtime.amp_dtype(cpu) is None
+    with runtime.autocast(cpu):  # a no-op on CPU
+        assert torch.ones(2).dtype == torch.float32
+    assert not runtime.grad_scaler(cpu).is_enabled()
+
+
+def test_requesting_absent_cuda_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        runtime.get_device("cuda")
+
+
+def test_seed_everything_repeats():
+    runtime.seed_everything(7)
+    a = (np.random.rand(3), torch.rand(3))
+    runtime.seed_everything(7)
+    b = (np.random.rand(3), torch.rand(3))
+    assert np.allclose(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_cache_dir_honours_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "c"))
+    p = runtime.cache_dir("features", "x")
+    assert p == tmp_path / "c" / "features" / "x" and p.is_dir()
+
+
+def test_data_dir_resolution_order(tmp_path, monkeypatch):
+    explicit = tmp_path / "explicit" / "busi_gt"
+    env = tmp_path / "env" / "busi_gt"
+    for d in (explicit, env):
+        d.mkdir(parents=True)
+        (d / "x.png").write_bytes(b"")
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "env"))
+    assert runtime.find_data_dir("busi_gt", tmp_path / "explicit") == explicit
+    assert runtime.find_data_dir("busi_gt", explicit) == explicit  # the dataset folder itself
+    assert runtime.find_data_dir("busi_gt") == env
+
+
+def test_missing_dataset_error_says_where_and_how(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
+    empty = tmp_path / "nothing_here"
+    empty.mkdir()
+    with pytest.raises(runtime.DatasetNotFoundError) as info:
+        runtime.require_data_dir("nothing_here", "Some dataset", "https://example.org/get", path=tmp_path)
+    msg = str(info.value)
+    assert "Some dataset" in msg and str(empty) in msg and "https://example.org/get" in msg
+    assert "COURSE_DATA_DIR" in msg
+
+
+def test_real_data_required_flag(monkeypatch):
+    monkeypatch.setenv("COURSE_REQUIRE_REAL_DATA", "1")
+    assert runtime.real_data_required()
+    monkeypatch.setenv("COURSE_REQUIRE_REAL_DATA", "0")
+    assert not runtime.real_data_required()
+
+
+def test_hub_check_honours_offline_and_is_fast(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    assert runtime.hub_reachable() is False
+    assert time.perf_counter() - t0 < 0.1
+    # a probe that hangs (e.g. DNS without network) must not block beyond the timeout
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("COURSE_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+
+    def hang(*args, **kwargs):
+        time.sleep(3)
+        raise OSError("unreachable")
+
+    monkeypatch.setattr(runtime.socket, "create_connection", hang)
+    runtime._HUB_CACHE.clear()
+    t0 = time.perf_counter()
+    assert runtime.hub_reachable("hub.invalid", timeout=0.5) is False
+    assert time.perf_counter() - t0 < 1.0
+    runtime._HUB_CACHE.clear()
+
+
+def test_colab_detection(monkeypatch):
+    monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
+    assert runtime.is_colab() is False
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-x")
+    assert runtime.is_colab() is True
+
+
+def test_summary_is_short_and_complete():
+    text = runtime.summary(runtime.get_profile("quick"), print_=False)
+    lines = text.splitlines()
+    assert len(lines) <= 8
+    for word in ("profile", "device", "torch", "backbone", "data"):
+        assert word in text
+
+
+def test_timer():
+    with runtime.Timer() as t:
+        sum(range(1000))
+    assert t.seconds >= 0
