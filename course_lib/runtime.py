@@ -255,10 +255,14 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 def data_roots(path: str | os.PathLike | None = None) -> list[Path]:
-    """Candidate roots for real datasets, in priority order."""
-    roots: list[Path] = []
+    """Candidate roots for real datasets, in priority order.
+
+    An explicit ``path`` is the only candidate: a wrong path must fail loudly rather than
+    silently load another copy.
+    """
     if path is not None:
-        roots.append(Path(path).expanduser())
+        return [Path(path).expanduser()]
+    roots: list[Path] = []
     env = os.environ.get("COURSE_DATA_DIR")
     if env:
         roots.append(Path(env).expanduser())
@@ -291,6 +295,7 @@ def require_data_dir(folder: str, dataset: str, url: str, path: str | os.PathLik
     looked = [str(r / folder) for r in data_roots(path)]
     if path is not None:
         looked.insert(0, str(Path(path).expanduser()))
+    looked = list(dict.fromkeys(looked))
     raise DatasetNotFoundError(
         f"{dataset}: no non-empty folder '{folder}' found. Looked in: {', '.join(looked)}. "
         f"Download it from {url} and either pass its path, or set COURSE_DATA_DIR to the folder "

@@ -35,6 +35,15 @@ def real_data_dir():
     return _real_data_dir
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny tensors run faster single-threaded, and tests stay quick on a busy 2-core box."""
+    import torch
+
+    torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Tests write caches under a temporary COURSE_CACHE, never the user's."""

@@ -95,6 +95,8 @@ def test_data_dir_resolution_order(tmp_path, monkeypatch):
     assert runtime.find_data_dir("busi_gt", tmp_path / "explicit") == explicit
     assert runtime.find_data_dir("busi_gt", explicit) == explicit  # the dataset folder itself
     assert runtime.find_data_dir("busi_gt") == env
+    # an explicit path that does not hold the dataset never falls back to another copy
+    assert runtime.find_data_dir("busi_gt", tmp_path / "nowhere") is None
 
 
 def test_missing_dataset_error_says_where_and_how(tmp_path, monkeypatch):

@@ -1,0 +1,346 @@
+"""A small, transparent training loop shared by every notebook.
+
+``fit`` trains any ``nn.Module`` with AdamW (Loshchilov & Hutter, ICLR 2019) and a per-step
+schedule of linear warm-up followed by cosine decay to zero (Loshchilov & Hutter, SGDR,
+ICLR 2017, eq. 5 without restarts): ``lr_t = lr * 0.5 * (1 + cos(pi * (t - W) / (T - W)))``
+for ``t >= W`` and ``lr * (t + 1) / W`` before. On CUDA it runs the forward pass under
+``runtime.autocast`` (bf16, or fp16 with a ``GradScaler``); on CPU both are no-ops, so the
+same code runs in both profiles. Progress is shown with ``tqdm.auto`` and everything is
+recorded in a ``history`` dict that :func:`course_lib.viz.plot_history` draws.
+
+Batches are ``(x, y)`` tuples/lists, or dicts with ``"x"``/``"image"`` and one of
+``"y"``/``"label"``/``"mask"``; for anything else pass ``batch_fn=lambda b: (x, y)``. The
+model is called as ``model(x)`` and the loss as ``loss_fn(output, y)``.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from . import runtime
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULERS = ("cosine", "constant", None)
+
+
+# --------------------------------------------------------------------------- helpers
+def count_parameters(model) -> dict[str, int]:
+    """``{"total", "trainable", "frozen"}`` numbers of parameters (shared ones counted once)."""
+    total = trainable = 0
+    for p in model.parameters():
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return {"total": total, "trainable": trainable, "frozen": total - trainable}
+
+
+def model_device(model):
+    """Device of the model's first parameter/buffer, else :func:`runtime.get_device`."""
+    import torch
+
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device(runtime.get_device())
+
+
+def to_device(obj, device, non_blocking: bool = False):
+    """Move tensors nested in tuples/lists/dicts to ``device``."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, dict):
+        moved = {k: to_device(v, device, non_blocking) for k, v in obj.items()}
+        try:
+            return type(obj)(moved)
+        except TypeError:
+            return moved
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device, non_blocking) for v in obj)
+    return obj
+
+
+def default_batch_fn(batch) -> tuple[Any, Any]:
+    """``(x, y)`` from a tuple/list batch or a dict batch (see module docstring)."""
+    if isinstance(batch, (tuple, list)):
+        if len(batch) < 2:
+            raise ValueError(
+                f"a tuple batch must be (x, y), got {len(batch)} element(s); "
+                f"return (inputs, targets) from your dataset or pass batch_fn=lambda b: (x, y)"
+            )
+        return batch[0], batch[1]
+    if isinstance(batch, dict):
+        xk = next((k for k in ("x", "image") if k in batch), None)
+        yks = [k for k in ("y", "label", "mask") if k in batch]
+        if "y" in yks:
+            yks = ["y"]
+        if xk is None or len(yks) != 1:
+            raise ValueError(
+                f"cannot tell inputs/targets apart in a dict batch with keys {sorted(batch)}: need 'x' or "
+                f"'image', and exactly one of 'y', 'label', 'mask'; pass e.g. "
+                f"batch_fn=lambda b: (b['image'], b['mask'])"
+            )
+        return batch[xk], batch[yks[0]]
+    raise TypeError(
+        f"unsupported batch type {type(batch).__name__}; yield (x, y) tuples or dicts, or pass batch_fn=..."
+    )
+
+
+def lr_lambda(total_steps: int, warmup: int = 0, scheduler: str | None = "cosine") -> Callable[[int], float]:
+    """Multiplier of the base lr at step ``t`` (0-based): linear warm-up, then cosine or constant."""
+
+    def f(t: int) -> float:
+        if t < warmup:
+            return (t + 1) / warmup
+        if scheduler == "cosine":
+            span = max(total_steps - warmup, 1)
+            return 0.5 * (1.0 + math.cos(math.pi * min(t - warmup, span) / span))
+        return 1.0
+
+    return f
+
+
+def _make_optimizer(optimizer, params, lr, weight_decay, betas):
+    import torch
+
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return optimizer
+    if optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
+    if optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=betas)
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=betas[0])
+    raise ValueError(f"unknown optimizer {optimizer!r}: use one of {OPTIMIZERS} or pass a torch.optim.Optimizer")
+
+
+def _cat(chunks: list):
+    import torch
+
+    first = chunks[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat([c.reshape(1) if c.ndim == 0 else c for c in chunks])
+    if isinstance(first, dict):
+        return {k: _cat([c[k] for c in chunks]) for k in first}
+    if isinstance(first, (list, tuple)) and first and isinstance(first[0], torch.Tensor):
+        return type(first)(_cat([c[i] for c in chunks]) for i in range(len(first)))
+    out = []
+    for c in chunks:
+        out.extend(c if isinstance(c, (list, tuple)) else [c])
+    return out
+
+
+def _detach_cpu(obj):
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        obj = obj.detach()
+        return (obj.float() if obj.is_floating_point() else obj).cpu()
+    if isinstance(obj, dict):
+        return {k: _detach_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_detach_cpu(v) for v in obj)
+    return obj
+
+
+# --------------------------------------------------------------------------- evaluate
+def evaluate(model, loader, metric_fn: Callable, device=None, batch_fn: Callable | None = None) -> dict[str, float]:
+    """Run ``model`` over ``loader`` (eval mode, no grad, AMP on CUDA), concatenate outputs and
+    targets on the CPU, and return ``metric_fn(outputs, targets)`` as a dict of floats.
+
+    ``metric_fn`` sees *all* outputs at once, so ranking metrics (AUC) are computed correctly;
+    it may return a float (stored as ``"metric"``) or a dict. The model's train/eval mode is restored.
+    """
+    import torch
+
+    device = torch.device(device) if device is not None else model_device(model)
+    batch_fn = batch_fn or default_batch_fn
+    was_training = model.training
+    model.eval()
+    outs, ys = [], []
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                x, y = batch_fn(batch)
+                x = to_device(x, device, non_blocking=device.type == "cuda")
+                with runtime.autocast(device):
+                    out = model(x)
+                outs.append(_detach_cpu(out))
+                ys.append(_detach_cpu(y))
+    finally:
+        model.train(was_training)
+    if not outs:
+        raise ValueError("evaluate() got an empty loader; check the dataset/split size")
+    res = metric_fn(_cat(outs), _cat(ys))
+    if not isinstance(res, dict):
+        res = {"metric": res}
+    return {k: float(v.item() if hasattr(v, "item") else v) for k, v in res.items()}
+
+
+# --------------------------------------------------------------------------- fit
+def fit(
+    model,
+    train_loader: Iterable,
+    loss_fn: Callable,
+    *,
+    epochs: int,
+    lr: float,
+    optimizer: str | Any = "adamw",
+    weight_decay: float = 1e-2,
+    betas: tuple[float, float] = (0.9, 0.999),
+    scheduler: str | None = "cosine",
+    warmup: int = 0,
+    val_loader: Iterable | None = None,
+    val_fn: Callable | None = None,
+    params: Iterable | None = None,
+    device=None,
+    progress: bool = True,
+    desc: str = "",
+    batch_fn: Callable | None = None,
+    grad_clip: float | None = None,
+) -> dict:
+    """Train ``model`` and return its history.
+
+    Parameters
+    ----------
+    epochs, lr : number of passes over ``train_loader`` and the peak learning rate.
+    optimizer : ``"adamw"`` (default), ``"adam"``, ``"sgd"`` (momentum = ``betas[0]``) or an
+        optimizer instance (then ``lr``/``weight_decay``/``betas``/``params`` are its own).
+    scheduler : ``"cosine"`` (per step, to 0 at the end), ``"constant"``/``None``; ``warmup`` =
+        linear warm-up steps.
+    val_loader, val_fn : evaluated after every epoch with :func:`evaluate`; ``val_fn(outputs,
+        targets)`` returns a float or dict (default: ``loss_fn`` -> ``{"loss": ...}``).
+    params : what to optimise (default: the parameters with ``requires_grad``).
+    device : default: the model's device; if given, the model is moved there.
+    grad_clip : clip the global gradient norm to this value (None = off).
+
+    Returns
+    -------
+    dict with ``step_loss`` and ``lr`` (per step), ``train_loss`` and ``epoch_seconds`` (per
+    epoch), ``val`` (list of dicts per epoch) plus ``val_<name>`` lists, ``seconds`` (total),
+    ``steps``, ``epochs``, ``device``, ``amp`` and ``parameters`` (:func:`count_parameters`).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs <= 0:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}; e.g. epochs=P.epochs")
+    if not isinstance(optimizer, torch.optim.Optimizer) and not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}; e.g. lr=P.lr")
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {scheduler!r}: use 'cosine', 'constant' or None")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0 steps, got {warmup}")
+    if device is not None:
+        device = torch.device(device)
+        model.to(device)
+    else:
+        device = model_device(model)
+    batch_fn = batch_fn or default_batch_fn
+    try:
+        steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
+    except TypeError:
+        steps_per_epoch = None
+    if steps_per_epoch == 0:
+        raise ValueError("train_loader is empty (0 batches); check the dataset size and batch_size/drop_last")
+
+    if params is None and not isinstance(optimizer, torch.optim.Optimizer):
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(
+                "the model has no trainable parameters (all requires_grad=False); unfreeze some, "
+                "or pass params=[...]"
+            )
+    opt = _make_optimizer(optimizer, params, lr, weight_decay, betas)
+    total = epochs * steps_per_epoch if steps_per_epoch else 0
+    if scheduler == "cosine" and not total:
+        raise ValueError("the cosine schedule needs len(train_loader); use scheduler='constant' for an iterable")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, warmup, scheduler))
+    scaler = runtime.grad_scaler(device)
+    if val_loader is not None and val_fn is None:
+
+        def val_fn(out, y):
+            return {"loss": loss_fn(out, y)}
+
+    hist: dict[str, Any] = dict(
+        step_loss=[], lr=[], train_loss=[], epoch_seconds=[], val=[], seconds=0.0, steps=0, epochs=epochs,
+        device=str(device), amp=str(runtime.amp_dtype(device)).replace("torch.", "") if runtime.amp_dtype(device) else "off",
+        parameters=count_parameters(model),
+    )
+    bar = tqdm(total=total or None, desc=desc or "fit", disable=not progress, leave=True)
+    t_start = time.perf_counter()
+    model.train()
+    step = 0
+    try:
+        for epoch in range(epochs):
+            t_ep, losses, sizes = time.perf_counter(), [], []
+            for batch in train_loader:
+                x, y = batch_fn(batch)
+                x = to_device(x, device, non_blocking=device.type == "cuda")
+                y = to_device(y, device, non_blocking=device.type == "cuda")
+                with runtime.autocast(device):
+                    out = model(x)
+                    loss = loss_fn(out, y)
+                if loss.ndim:
+                    raise ValueError(
+                        f"loss_fn must return a scalar, got shape {tuple(loss.shape)}; reduce it, e.g. .mean()"
+                    )
+                lv = float(loss.detach())
+                if not math.isfinite(lv):
+                    raise FloatingPointError(
+                        f"the loss became {lv} at epoch {epoch + 1}, step {step + 1}; lower lr "
+                        f"(now {opt.param_groups[0]['lr']:.2e}), add warmup, or set grad_clip=1.0"
+                    )
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if grad_clip is not None:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
+                hist["lr"].append(opt.param_groups[0]["lr"])
+                scaler.step(opt)
+                scaler.update()
+                with warnings.catch_warnings():
+                    # an fp16 GradScaler skips the first step(s) on inf grads; the scheduler then
+                    # (harmlessly) "steps before the optimizer", which torch warns about
+                    warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+                    sched.step()
+                step += 1
+                hist["step_loss"].append(lv)
+                n = _batch_len(x)
+                losses.append(lv)
+                sizes.append(n)
+                bar.update(1)
+                bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{lv:.4f}", refresh=False)
+            if not losses:
+                raise ValueError("train_loader yielded no batches; check the dataset size and batch_size")
+            hist["train_loss"].append(float(np.average(losses, weights=sizes)))
+            if val_loader is not None:
+                res = evaluate(model, val_loader, val_fn, device=device, batch_fn=batch_fn)
+                hist["val"].append(res)
+                for k, v in res.items():
+                    hist.setdefault(f"val_{k}", []).append(v)
+                bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{hist['train_loss'][-1]:.4f}",
+                                **{f"val_{k}": f"{v:.4f}" for k, v in list(res.items())[:2]})
+            hist["epoch_seconds"].append(time.perf_counter() - t_ep)
+    finally:
+        bar.close()
+    hist["seconds"] = time.perf_counter() - t_start
+    hist["steps"] = step
+    return hist
+
+
+def _batch_len(x) -> int:
+    import torch
+
+    if isinstance(x, torch.Tensor) and x.ndim:
+        return int(x.shape[0])
+    if isinstance(x, dict) and x:
+        return _batch_len(next(iter(x.values())))
+    if isinstance(x, (list, tuple)) and x:
+        return _batch_len(x[0]) if isinstance(x[0], torch.Tensor) else len(x)
+    return 1

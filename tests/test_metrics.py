@@ -1,0 +1,179 @@
+"""course_lib.metrics on hand-computed cases, including the empty-mask conventions."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from course_lib import metrics
+
+
+def square(h=20, w=20, y0=5, x0=5, s=5):
+    m = np.zeros((h, w), np.uint8)
+    m[y0 : y0 + s, x0 : x0 + s] = 1
+    return m
+
+
+# --------------------------------------------------------------------------- Dice / IoU
+def test_dice_iou_hand_computed():
+    a = square(x0=5)  # 25 px
+    b = square(x0=8)  # overlap 5 rows x 2 cols = 10 px
+    assert metrics.dice(a, b) == pytest.approx([2 * 10 / 50])
+    assert metrics.iou(a, b) == pytest.approx([10 / 40])
+    assert metrics.dice(a, a) == pytest.approx([1.0])
+    assert metrics.iou(a, 1 - a) == pytest.approx([0.0])
+
+
+def test_batch_torch_and_bool_inputs_give_per_sample_arrays():
+    a, b = square(x0=5), square(x0=8)
+    batch_p = torch.from_numpy(np.stack([a, a, b]))
+    batch_t = torch.from_numpy(np.stack([a, b, b])).bool()
+    d = metrics.dice(batch_p, batch_t)
+    assert isinstance(d, np.ndarray) and d.shape == (3,) and d.dtype == np.float64
+    np.testing.assert_allclose(d, [1.0, 0.4, 1.0])
+    assert metrics.iou(batch_p, batch_t).shape == (3,)
+
+
+def test_empty_mask_conventions_overlap():
+    e, a = np.zeros((10, 10)), square(10, 10, 2, 2, 3)
+    assert metrics.dice(e, e) == pytest.approx([1.0])
+    assert metrics.iou(e, e) == pytest.approx([1.0])
+    assert metrics.dice(a, e) == pytest.approx([0.0])
+    assert metrics.dice(e, a) == pytest.approx([0.0])
+    assert metrics.iou(e, a) == pytest.approx([0.0])
+
+
+# --------------------------------------------------------------------------- surface distances
+def test_hd95_asd_single_pixels():
+    # one pixel each, 3 rows and 4 columns apart: every surface distance is 5
+    a = np.zeros((12, 12), np.uint8)
+    b = np.zeros((12, 12), np.uint8)
+    a[2, 2] = 1
+    b[5, 6] = 1
+    assert metrics.hd95(a, b) == pytest.approx([5.0])
+    assert metrics.asd(a, b) == pytest.approx([5.0])
+
+
+def test_hd95_shifted_square_and_spacing():
+    a, b = square(x0=5), square(x0=8)  # shifted 3 columns
+    assert metrics.hd95(a, b) == pytest.approx([3.0])
+    assert metrics.hd95(a, a) == pytest.approx([0.0])
+    assert metrics.asd(a, a) == pytest.approx([0.0])
+    # spacing = (row_mm, col_mm): a column shift scales with the column spacing only
+    assert metrics.hd95(a, b, spacing=(2.0, 1.0)) == pytest.approx([3.0])
+    assert metrics.hd95(a, b, spacing=(1.0, 2.0)) == pytest.approx([6.0])
+    assert metrics.hd95(a, b, spacing=0.5) == pytest.approx([1.5])
+
+
+def test_asd_hand_computed_lines():
+    # two vertical 1-px lines of length 4, 2 columns apart: every boundary pixel is 2 away
+    a = np.zeros((10, 10), np.uint8)
+    b = np.zeros((10, 10), np.uint8)
+    a[3:7, 2] = 1
+    b[3:7, 4] = 1
+    assert metrics.asd(a, b) == pytest.approx([2.0])
+    assert metrics.hd95(a, b) == pytest.approx([2.0])
+
+
+def test_empty_mask_conventions_distances():
+    e, a = np.zeros((30, 40)), square(30, 40, 2, 2, 3)
+    diag = math.hypot(30, 40)  # 50
+    assert metrics.hd95(e, e) == pytest.approx([0.0])
+    assert metrics.asd(e, e) == pytest.approx([0.0])
+    assert metrics.hd95(a, e) == pytest.approx([diag])
+    assert metrics.asd(e, a) == pytest.approx([diag])
+    assert metrics.hd95(a, e, spacing=(2.0, 1.0)) == pytest.approx([math.hypot(60, 40)])
+    assert np.isnan(metrics.hd95(a, e, one_empty="nan")[0])
+
+
+def test_segmentation_means_and_nan_policy():
+    a, b, e = square(x0=5), square(x0=8), np.zeros((20, 20))
+    res = metrics.segmentation(np.stack([a, a]), np.stack([b, e]))
+    assert set(res) == {"dice", "iou", "hd95", "asd"}
+    assert res["dice"] == pytest.approx(0.2)  # (0.4 + 0) / 2
+    assert res["hd95"] == pytest.approx((3 + math.hypot(20, 20)) / 2)
+    res_nan = metrics.segmentation(np.stack([a, a]), np.stack([b, e]), one_empty="nan")
+    assert res_nan["hd95"] == pytest.approx(3.0)  # the NaN is ignored
+    assert all(isinstance(v, float) for v in res.values())
+
+
+def test_segmentation_bad_inputs():
+    a = square()
+    with pytest.raises(ValueError, match="values other than 0/1.*probs > 0.5"):
+        metrics.dice(a * 0.7, a)
+    with pytest.raises(ValueError, match="shapes differ.*resize"):
+        metrics.dice(a, a[:10])
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\) use x\[:, 0\]"):
+        metrics.dice(a[None, None], a[None, None])
+    with pytest.raises(ValueError, match="one_empty"):
+        metrics.hd95(a, a, one_empty="inf")
+    with pytest.raises(ValueError, match="spacing must be positive"):
+        metrics.hd95(a, a, spacing=(0, 1))
+
+
+# --------------------------------------------------------------------------- classification
+def test_classification_binary_hand_computed():
+    y = [0, 0, 1, 1]
+    s = [0.1, 0.6, 0.4, 0.9]  # preds at 0.5: 0 1 0 1 -> TP=1 FP=1 FN=1 TN=1
+    r = metrics.classification(y, s)
+    assert r["accuracy"] == pytest.approx(0.5)
+    assert r["precision"] == pytest.approx(0.5)
+    assert r["recall"] == pytest.approx(0.5)
+    assert r["f1"] == pytest.approx(0.5)
+    assert r["mcc"] == pytest.approx(0.0)
+    assert r["auc"] == pytest.approx(0.75)  # 3 of 4 positive/negative pairs ranked right
+    r2 = metrics.classification(y, s, threshold=0.3)  # preds 0 1 1 1
+    assert r2["recall"] == pytest.approx(1.0) and r2["precision"] == pytest.approx(2 / 3)
+    # (N, 2) probabilities are treated as binary on column 1
+    two = np.stack([1 - np.asarray(s), s], 1)
+    assert metrics.classification(y, two) == pytest.approx(r)
+
+
+def test_classification_multiclass_and_single_class_auc():
+    y = np.array([0, 1, 2, 2])
+    p = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    r = metrics.classification(y, torch.from_numpy(p))
+    assert r["accuracy"] == pytest.approx(0.75)
+    # per-class recall 1, 1, 0.5 -> macro 5/6; precision 0.5, 1, 1 -> 5/6
+    assert r["recall"] == pytest.approx(5 / 6)
+    assert r["precision"] == pytest.approx(5 / 6)
+    assert 0 <= r["auc"] <= 1
+    assert math.isnan(metrics.classification([1, 1], [0.2, 0.9])["auc"])
+
+
+def test_classification_bad_inputs():
+    with pytest.raises(ValueError, match="probabilities.*sigmoid"):
+        metrics.classification([0, 1], [-2.0, 3.0])
+    with pytest.raises(ValueError, match="N = len"):
+        metrics.classification([0, 1, 1], [0.2, 0.3])
+    with pytest.raises(ValueError, match=r"labels in \{0, 1\}"):
+        metrics.classification([0, 2], [0.2, 0.3])
+
+
+# --------------------------------------------------------------------------- boxes / measurements
+def test_box_iou_hand_computed():
+    a = [0, 0, 10, 10]
+    b = np.array([[5, 0, 15, 10], [0, 0, 10, 10], [20, 20, 30, 30]], dtype=np.float32)
+    out = metrics.box_iou(a, torch.from_numpy(b))
+    assert out.shape == (1, 3)
+    np.testing.assert_allclose(out[0], [50 / 150, 1.0, 0.0])
+    nan_box = np.full(4, np.nan)
+    assert np.isnan(metrics.box_iou(nan_box, a)).all()
+    with pytest.raises(ValueError, match="x1 < x0"):
+        metrics.box_iou([10, 0, 0, 10], a)
+    with pytest.raises(ValueError, match=r"\(N, 4\)"):
+        metrics.box_iou([0, 0, 1], a)
+
+
+def test_mean_relative_error():
+    assert metrics.mean_relative_error([110, 90], [100, 100]) == pytest.approx(0.1)
+    assert metrics.mean_relative_error(torch.tensor([1.0]), np.array([2.0])) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="zeros"):
+        metrics.mean_relative_error([1.0], [0.0])
+    with pytest.raises(ValueError, match="equal length"):
+        metrics.mean_relative_error([1.0, 2.0], [1.0])
+
+
+def test_summarize():
+    assert metrics.summarize([1.0, 3.0]) == pytest.approx((2.0, math.sqrt(2)))
+    assert metrics.summarize([4.0]) == (4.0, 0.0)
