@@ -28,17 +28,17 @@ lab: setup
 	$(BIN)/jupyter lab notebooks/
 
 course: setup
-	COURSE_PROFILE=quick MPLBACKEND=Agg $(BIN)/python tools/run_course.py notebooks
+	COURSE_PROFILE=quick $(BIN)/python tools/run_course.py notebooks
 
 test: setup
-	COURSE_PROFILE=quick HF_HUB_OFFLINE=1 MPLBACKEND=Agg PYTHONWARNINGS=ignore::DeprecationWarning \
+	COURSE_PROFILE=quick HF_HUB_OFFLINE=1 PYTHONWARNINGS=ignore::DeprecationWarning \
 	  $(BIN)/python -m pytest tests notebooks $(NBVAL_OPTS)
 
 unit: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests
 
 notebooks: setup
-	COURSE_PROFILE=quick HF_HUB_OFFLINE=1 MPLBACKEND=Agg $(BIN)/python -m pytest notebooks $(NBVAL_OPTS)
+	COURSE_PROFILE=quick HF_HUB_OFFLINE=1 $(BIN)/python -m pytest notebooks $(NBVAL_OPTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -61,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     os.environ.setdefault("COURSE_PROFILE", "quick")
-    os.environ.setdefault("MPLBACKEND", "Agg")
     notebooks = collect(args.paths)
     rows, failed = [], []
     total0 = time.perf_counter()
