@@ -1,0 +1,351 @@
+"""``segfm-tiny``: the course's small supervised-pretrained segmentation "foundation model".
+
+Idea (SuPreM: Li et al., "How Well Do Supervised 3D Models Transfer to Medical Imaging Tasks?",
+ICLR 2024): pretrain a segmentation network *with supervision* on many annotated structures, then
+adapt it to new tasks with few labelled images (FSEFT: Silva-Rodríguez et al., "Towards foundation
+models and few-shot parameter-efficient fine-tuning for volumetric organ segmentation", MedIA 2025).
+
+Architecture (UNet-like, but with a ViT encoder so that PEFT targeting means what it means on the
+course's CLIP backbones):
+
+- ``stem``: a strided conv block giving skip features at 1/2 resolution;
+- ``visual``: an open_clip ``VisionTransformer`` (same class and module names as
+  ``sonoclip-tiny`` and OpenAI ``ViT-B-16``: ``transformer.resblocks[i].attn`` /
+  ``ln_1`` / ``ln_2`` / ``mlp.c_fc`` / ``mlp.c_proj``), whose patch tokens form a
+  ``(width, H/p, W/p)`` map — LoRA, ARENA and AdaptFormer attach here, LayerNorms are the
+  Affine-LN targets;
+- ``decoder``: upsampling conv blocks with GroupNorm that fuse the skip, up to 1/2 resolution
+  (kept at half resolution so that CPU training stays cheap);
+- ``head``: a 1x1 conv giving one logit map per class, bilinearly upsampled x2 to the input size.
+  ``features(x)`` returns the decoder output *before* the head (what black-box adapters see).
+
+Pretraining: SonoSynth label maps of many structures; the structures in :data:`HELD_OUT` and the
+centre :data:`HELD_OUT_CENTER` are never shown (they are the "novel structure" and "new centre"
+tasks of notebook 05); held-out structures are labelled background, as partially-labelled
+pretraining sets do.
+
+Checkpoint: ``course_lib/assets/segfm-tiny.pt`` (fp16 state dict + config + class names), SHA-256
+in :data:`CHECKPOINT_SHA256` and in ``data_cards/segfm-tiny.md``. Rebuild::
+
+    python -m course_lib.models.seg_foundation --rebuild   # ~2 min on an idle 2-core CPU (19 min on a heavily shared one)
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from course_lib import runtime
+
+NAME = "segfm-tiny"
+ASSET_DIR = runtime.PACKAGE_DIR / "assets"
+CHECKPOINT = ASSET_DIR / "segfm-tiny.pt"
+#: SHA-256 of the committed checkpoint (also in data_cards/segfm-tiny.md)
+CHECKPOINT_SHA256 = "4f23cc1930a40d2422b5210be686183a4b5776a4f978c92db51001f5d06e5b77"
+
+#: SonoSynth structures kept out of pretraining (the "novel structure" task)
+HELD_OUT: tuple[str, ...] = ("kidney", "renal_sinus")
+#: SonoSynth centre kept out of pretraining (the "known structure, new centre" task)
+HELD_OUT_CENTER = "D"
+
+runtime.register_section(
+    "seg_foundation",
+    # the checkpoint is the same in both profiles (it is committed); these are its training sizes
+    quick=dict(n_pretrain=3000, epochs=10, batch_size=32, lr=2e-3, image_size=64),
+    full=dict(n_pretrain=3000, epochs=10, batch_size=32, lr=2e-3, image_size=64),
+)
+
+DEFAULT_CONFIG = dict(image_size=64, patch_size=8, width=64, layers=4, heads=4, mlp_ratio=4.0, skip=16, dec=(48, 32, 32))
+
+
+def upsample_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Half-resolution logits -> input resolution (bilinear x2)."""
+    return F.interpolate(logits, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    groups = 8 if cout % 8 == 0 else 1
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(groups, cout), nn.GELU())
+
+
+class Decoder(nn.Module):
+    """Tokens (1/p) -> x2 -> x2 (+ stem skip at 1/2) -> features at half resolution."""
+
+    def __init__(self, width: int, skip: int, dec: tuple[int, int, int], patch_size: int):
+        super().__init__()
+        if patch_size != 8:
+            raise ValueError(f"the decoder upsamples x4 from 1/8 to 1/2, so patch_size must be 8 (got {patch_size})")
+        self.proj = _block(width, dec[0])  # 1/8
+        self.up1 = _block(dec[0], dec[1])  # 1/4
+        self.up2 = _block(dec[1] + skip, dec[2])  # 1/2
+
+    def forward(self, tokens, skip):
+        x = self.proj(tokens)
+        x = self.up1(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        return self.up2(torch.cat([x, skip], 1))
+
+
+class SegFoundation(nn.Module):
+    """Small ViT-encoder / conv-decoder segmentation network (see module docstring)."""
+
+    def __init__(self, n_classes: int, class_names: tuple[str, ...] | None = None, **config):
+        super().__init__()
+        from open_clip.transformer import VisionTransformer
+
+        cfg = {**DEFAULT_CONFIG, **config}
+        unknown = set(config) - set(DEFAULT_CONFIG)
+        if unknown:
+            raise ValueError(f"unknown SegFoundation config keys {sorted(unknown)}; known: {sorted(DEFAULT_CONFIG)}")
+        self.config = cfg
+        self.n_classes = int(n_classes)
+        self.class_names = tuple(class_names) if class_names is not None else tuple(f"class{i}" for i in range(n_classes))
+        self.image_size = cfg["image_size"]
+        self.patch_size = cfg["patch_size"]
+        self.stem = _block(1, cfg["skip"], stride=2)  # skip features at 1/2 resolution
+        self.visual = VisionTransformer(
+            image_size=cfg["image_size"], patch_size=cfg["patch_size"], width=cfg["width"], layers=cfg["layers"],
+            heads=cfg["heads"], mlp_ratio=cfg["mlp_ratio"], output_dim=cfg["width"],
+        )
+        self.decoder = Decoder(cfg["width"], cfg["skip"], cfg["dec"], cfg["patch_size"])
+        self.feature_dim = cfg["dec"][-1]
+        self.head = nn.Conv2d(self.feature_dim, self.n_classes, 1)
+
+    # ------------------------------------------------------------------ forward
+    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            x = x[:, None]
+        if x.dim() != 4 or x.shape[1] != 1:
+            raise ValueError(f"expected images of shape (B, H, W) or (B, 1, H, W), got {tuple(x.shape)}")
+        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"{NAME} takes {self.image_size}x{self.image_size} images, got {tuple(x.shape[-2:])}; resize with "
+                f"course_lib.data.common.resize_image / load data with image_size={self.image_size}"
+            )
+        return x
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens of the last ViT block as a map ``(B, width, H/p, W/p)``."""
+        x = self._check_input(x)
+        v = self.visual
+        z = v.conv1((x - 0.5) / 0.25 * torch.ones(1, 3, 1, 1, device=x.device, dtype=x.dtype))
+        z = z.flatten(2).transpose(1, 2)
+        cls = v.class_embedding.to(z.dtype).expand(z.shape[0], 1, -1)
+        z = torch.cat([cls, z], 1) + v.positional_embedding.to(z.dtype)
+        z = v.ln_pre(z)
+        z = v.transformer(z)
+        g = self.image_size // self.patch_size
+        return z[:, 1:].transpose(1, 2).reshape(z.shape[0], -1, g, g)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder output before the head, ``(B, feature_dim, H/2, W/2)``."""
+        x = self._check_input(x)
+        return self.decoder(self.tokens(x), self.stem(x))
+
+    def forward(self, x: torch.Tensor, head: nn.Module | None = None) -> torch.Tensor:
+        """Logits ``(B, n_classes, H, W)`` (the head runs at 1/2 resolution, logits are upsampled x2).
+
+        ``head`` replaces ``self.head`` (e.g. a binary head for a new task)."""
+        return upsample_logits((head or self.head)(self.features(x)))
+
+    # ------------------------------------------------------------------ heads
+    def binary_head(self, structure: str | None = None) -> nn.Conv2d:
+        """A new 1-logit head. For a structure seen in pretraining it starts as the pretrained
+        "structure vs background" logit difference (so the frozen model already segments it);
+        otherwise it starts with small random weights (N(0, 0.05^2)) and bias -2, so that gradients reach
+        the encoder from the first step (an all-zero head would block them)."""
+        head = nn.Conv2d(self.feature_dim, 1, 1).to(self.head.weight.device)
+        with torch.no_grad():
+            if structure is not None and structure in self.class_names:
+                c = self.class_names.index(structure)
+                head.weight.copy_(self.head.weight[c : c + 1] - self.head.weight[0:1])
+                head.bias.copy_(self.head.bias[c : c + 1] - self.head.bias[0:1])
+            else:
+                head.weight.normal_(0.0, 0.05)
+                head.bias.fill_(-2.0)
+        return head
+
+
+# ---------------------------------------------------------------------- checkpoint
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save(model: SegFoundation, path: str | Path = CHECKPOINT, meta: dict | None = None) -> str:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float16) for k, v in model.state_dict().items()}
+    torch.save({"config": model.config, "class_names": list(model.class_names), "state_dict": state, "meta": meta or {}}, path)
+    return sha256(path)
+
+
+def load(path: str | Path | None = None, device=None, check_sha: bool = True, rebuild: bool = True) -> SegFoundation:
+    """Load ``segfm-tiny`` (rebuilding it with :func:`pretrain` if the file is missing)."""
+    path = Path(path) if path is not None else CHECKPOINT
+    if not path.exists():
+        if not rebuild:
+            raise FileNotFoundError(
+                f"{NAME} checkpoint not found at {path}; rebuild it with `python -m course_lib.models.seg_foundation --rebuild`"
+            )
+        model, _ = pretrain(out=path)
+        return model.to(device or runtime.get_device())
+    if check_sha and path == CHECKPOINT and CHECKPOINT_SHA256:
+        got = sha256(path)
+        if got != CHECKPOINT_SHA256:
+            raise ValueError(
+                f"{NAME} checkpoint {path} has SHA-256 {got}, expected {CHECKPOINT_SHA256}; the file is corrupt or "
+                f"stale: delete it and run `python -m course_lib.models.seg_foundation --rebuild`"
+            )
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    model = SegFoundation(len(ck["class_names"]), tuple(ck["class_names"]), **ck["config"])
+    model.load_state_dict({k: v.float() for k, v in ck["state_dict"].items()})
+    model.meta = ck.get("meta", {})
+    return model.to(device or runtime.get_device()).eval()
+
+
+# ---------------------------------------------------------------------- losses / metrics
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Multi-class CE + soft Dice (foreground classes), the usual supervised segmentation loss."""
+    ce = F.cross_entropy(logits, target)
+    prob = logits.softmax(1)
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(prob.dtype)
+    inter = (prob * onehot).sum((0, 2, 3))
+    denom = prob.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    dice = (2 * inter + 1) / (denom + 1)
+    return ce + (1 - dice[1:]).mean()
+
+
+# ---------------------------------------------------------------------- pretraining data
+def pretraining_classes() -> tuple[str, ...]:
+    """Background + every SonoSynth structure except :data:`HELD_OUT`."""
+    from course_lib.data import sonosynth as ss
+
+    return ("background",) + tuple(s for s in ss.STRUCTURES[1:] if s not in HELD_OUT)
+
+
+def pretraining_data(n: int, seed: int = 0, image_size: int = 64):
+    """``(images (n,H,W) float32, labels (n,H,W) int64)`` from SonoSynth, held-out structures ->
+    background, held-out centre excluded."""
+    from course_lib.data import sonosynth as ss
+
+    classes = pretraining_classes()
+    centers = tuple(c for c in ss.CENTERS if c != HELD_OUT_CENTER)
+    b = ss.generate_batch(n, seed=seed, image_size=image_size, centers=centers)
+    lut = np.zeros(len(ss.STRUCTURES), dtype=np.int64)
+    for i, s in enumerate(ss.STRUCTURES):
+        lut[i] = classes.index(s) if s in classes else 0
+    imgs = np.asarray(b["image"], dtype=np.float32)
+    labels = lut[np.asarray(b["label_map"]).astype(np.int64)]
+    return imgs, labels, classes
+
+
+def pretrain(out: str | Path | None = CHECKPOINT, seed: int = 0, profile=None, verbose: bool = True):
+    """Supervised pretraining on SonoSynth label maps; saves the fp16 checkpoint to ``out``.
+
+    Returns ``(model, info)`` with the training history and the SHA-256 of the written file.
+    """
+    from tqdm.auto import tqdm
+
+    P = profile or runtime.get_profile("quick")
+    S = P.section("seg_foundation")
+    runtime.seed_everything(seed)
+    device = runtime.get_device()
+    t0 = time.perf_counter()
+    imgs, labels, classes = pretraining_data(S.n_pretrain, seed=seed, image_size=S.image_size)
+    n_val = max(64, S.n_pretrain // 10)
+    x = torch.from_numpy(imgs)
+    y = torch.from_numpy(labels)
+    xtr, ytr, xva, yva = x[n_val:], y[n_val:], x[:n_val], y[:n_val]
+    model = SegFoundation(len(classes), classes, image_size=S.image_size).to(device)
+    steps_per_epoch = max(1, len(xtr) // S.batch_size)
+    total = S.epochs * steps_per_epoch
+    opt = torch.optim.AdamW(model.parameters(), lr=S.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=S.lr, total_steps=total, pct_start=0.1)
+    scaler = runtime.grad_scaler(device)
+    g = torch.Generator().manual_seed(seed)
+    history = []
+    bar = tqdm(total=total, desc=f"pretrain {NAME}", disable=not verbose)
+    for ep in range(S.epochs):
+        model.train()
+        perm = torch.randperm(len(xtr), generator=g)
+        for i in range(steps_per_epoch):
+            idx = perm[i * S.batch_size : (i + 1) * S.batch_size]
+            xb, yb = xtr[idx].to(device), ytr[idx].to(device)
+            if torch.rand(1, generator=g).item() < 0.5:  # horizontal flip augmentation
+                xb, yb = xb.flip(-1), yb.flip(-1)
+            with runtime.autocast(device):
+                loss = dice_ce_loss(model(xb).float(), yb)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        dice = evaluate_dice(model, xva, yva)
+        history.append({"epoch": ep + 1, "loss": float(loss.item()), "val_mean_dice": float(np.nanmean(list(dice.values())))})
+    bar.close()
+    info = {
+        "seed": seed,
+        "n_pretrain": S.n_pretrain,
+        "epochs": S.epochs,
+        "classes": list(classes),
+        "held_out_structures": list(HELD_OUT),
+        "held_out_center": HELD_OUT_CENTER,
+        "val_dice": {k: round(v, 4) for k, v in evaluate_dice(model, xva, yva).items()},
+        "history": history,
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "device": device.type,
+    }
+    if out is not None:
+        info["sha256"] = save(model, out, meta=info)
+    return model.eval(), info
+
+
+@torch.no_grad()
+def evaluate_dice(model: SegFoundation, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64) -> dict[str, float]:
+    """Per-class Dice (foreground classes present in ``y``) of the argmax prediction."""
+    model.eval()
+    device = next(model.parameters()).device
+    preds = []
+    for i in range(0, len(x), batch_size):
+        preds.append(model(x[i : i + batch_size].to(device)).argmax(1).cpu())
+    pred = torch.cat(preds)
+    out = {}
+    for c in range(1, model.n_classes):
+        t = y == c
+        if t.sum() == 0:
+            continue
+        p = pred == c
+        out[model.class_names[c]] = float(2 * (p & t).sum() / (p.sum() + t.sum()))
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=f"Rebuild the {NAME} checkpoint (supervised SonoSynth pretraining).")
+    ap.add_argument("--rebuild", action="store_true", help="train and write the checkpoint")
+    ap.add_argument("--out", default=str(CHECKPOINT))
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if not args.rebuild:
+        ap.print_help()
+        return 0
+    _, info = pretrain(out=args.out, seed=args.seed)
+    print(json.dumps({k: v for k, v in info.items() if k != "history"}, indent=1))
+    print("sha256", info["sha256"])
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
