@@ -48,7 +48,7 @@ NAME = "segfm-tiny"
 ASSET_DIR = runtime.PACKAGE_DIR / "assets"
 CHECKPOINT = ASSET_DIR / "segfm-tiny.pt"
 #: SHA-256 of the committed checkpoint (also in data_cards/segfm-tiny.md)
-CHECKPOINT_SHA256 = "4f23cc1930a40d2422b5210be686183a4b5776a4f978c92db51001f5d06e5b77"
+CHECKPOINT_SHA256 = "51ebacdd8860ac7e26bacc89df1405f554c78ab773ede8167736cb5187fee1b4"
 
 #: SonoSynth structures kept out of pretraining (the "novel structure" task)
 HELD_OUT: tuple[str, ...] = ("kidney", "renal_sinus")
