@@ -1,0 +1,137 @@
+"""Losses for training one segmentation model on an *assembly of partially labelled datasets*.
+
+Setting: K structures; dataset A annotates the kidneys, dataset B the spleen, dataset C the
+liver, ... Each sample n carries a label-availability vector ``w_n in {0, 1}^K`` (``w_nk = 1``
+when structure k was annotated in the dataset the sample comes from). A pixel of an
+unannotated structure is *unknown*, not background.
+
+(a) :func:`naive_softmax_ce` -- the naive route: one softmax over ``K + 1`` classes, with every
+    unannotated structure written as background (:func:`partial_to_softmax_target`). A liver
+    pixel from the kidney dataset is then a *negative* example for "liver", so the model learns to
+    suppress structures it only sometimes sees labelled.
+
+(b) :func:`masked_bce_dice` -- the masked loss of the course slide (as used by the partial-label
+    works below): K independent sigmoid outputs (a pixel may belong to several structures or none)
+    and per-structure BCE + soft Dice, each multiplied by ``w_nk`` and normalised by ``sum w``::
+
+        L = sum_{n,k} w_nk [ BCE(p_nk, y_nk) + Dice(p_nk, y_nk) ] / sum_{n,k} w_nk
+
+    so channels with ``w_nk = 0`` contribute exactly zero loss *and* zero gradient, and with all
+    ``w = 1`` the loss equals the plain (unmasked) mean BCE + Dice.
+
+References: J. Liu, Y. Zhang, J.-N. Chen, J. Xiao, Y. Lu, B. A. Landman, Y. Yuan, A. Yuille,
+Y. Tang, Z. Zhou, "CLIP-Driven Universal Model for Organ Segmentation and Tumor Detection",
+ICCV 2023 (Sec. 3.1-3.3: sigmoid heads and masked BCE + Dice over the annotated classes only);
+X. Zhang et al. / Y. Zhou et al. (marginal and exclusion losses for partial labels) motivate the
+same point. The Dice term is MONAI's :class:`monai.losses.DiceLoss` evaluated per sample and
+channel (``reduction="none"``) and then masked.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def check_partial_inputs(logits: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> None:
+    """Shapes: ``logits``/``target`` ``(B, K, H, W)``, ``w`` ``(B, K)`` with values in ``[0, 1]``."""
+    for name, t in (("logits", logits), ("target", target), ("w", w)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}; use torch.as_tensor(...)")
+    if logits.ndim != 4:
+        raise ValueError(f"logits must be (B, K, H, W), got shape {tuple(logits.shape)}; one channel per structure")
+    if target.shape != logits.shape:
+        raise ValueError(
+            f"target shape {tuple(target.shape)} differs from logits shape {tuple(logits.shape)}; "
+            f"give one binary mask per structure (one-hot the label map, e.g. F.one_hot(lm, K+1)[..., 1:].permute(0, 3, 1, 2))"
+        )
+    if w.shape != logits.shape[:2]:
+        raise ValueError(
+            f"w must be (B, K) = {tuple(logits.shape[:2])} (one availability flag per sample and structure), "
+            f"got {tuple(w.shape)}"
+        )
+    if w.numel() and (float(w.min()) < 0 or float(w.max()) > 1):
+        raise ValueError(f"w must lie in [0, 1] (1 = structure annotated), got values in [{float(w.min())}, {float(w.max())}]")
+    if target.numel() and (float(target.min()) < 0 or float(target.max()) > 1):
+        raise ValueError("target must be binary masks in [0, 1]; threshold or one-hot your labels")
+
+
+def per_channel_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(B, K)``: mean BCE over the pixels of each sample and channel (numerically stable, from logits)."""
+    return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="none").flatten(2).mean(2)
+
+
+def per_channel_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+    """``(B, K)``: soft Dice loss of each sample and channel (MONAI ``DiceLoss``, sigmoid, no reduction)."""
+    from monai.losses import DiceLoss
+
+    loss = DiceLoss(sigmoid=True, reduction="none", smooth_nr=smooth, smooth_dr=smooth)(logits, target.to(logits.dtype))
+    return loss.reshape(logits.shape[0], logits.shape[1])
+
+
+def masked_mean(per_channel: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``sum(w * l) / sum(w)``; 0 (with zero gradient) when nothing is annotated."""
+    w = w.to(per_channel.dtype)
+    return (w * per_channel).sum() / w.sum().clamp_min(torch.finfo(per_channel.dtype).tiny)
+
+
+def masked_bce(logits, target, w):
+    """Masked BCE normalised by ``sum w`` (eq. of the slide, BCE term)."""
+    check_partial_inputs(logits, target, w)
+    return masked_mean(per_channel_bce(logits, target), w)
+
+
+def masked_dice(logits, target, w, smooth: float = 1e-5):
+    """Masked soft-Dice loss normalised by ``sum w`` (eq. of the slide, Dice term)."""
+    check_partial_inputs(logits, target, w)
+    return masked_mean(per_channel_dice(logits, target, smooth), w)
+
+
+def masked_bce_dice(logits, target, w, dice_weight: float = 1.0, smooth: float = 1e-5):
+    """``sum_{n,k} w_nk [BCE_nk + dice_weight * Dice_nk] / sum w`` -- variant (b)."""
+    check_partial_inputs(logits, target, w)
+    per = per_channel_bce(logits, target) + dice_weight * per_channel_dice(logits, target, smooth)
+    return masked_mean(per, w)
+
+
+def plain_bce_dice(logits, target, dice_weight: float = 1.0, smooth: float = 1e-5):
+    """The unmasked loss (mean BCE over all pixels + mean soft Dice over samples and channels)."""
+    from monai.losses import DiceLoss
+
+    bce = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
+    dice = DiceLoss(sigmoid=True, reduction="mean", smooth_nr=smooth, smooth_dr=smooth)(logits, target.to(logits.dtype))
+    return bce + dice_weight * dice
+
+
+def partial_to_softmax_target(target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Naive class map ``(B, H, W)`` for a ``K + 1``-way softmax: class ``k + 1`` where structure k
+    is present *and annotated*, else 0 (background). Unannotated structures become background --
+    which is exactly the mistake variant (a) makes. Later channels win on overlaps."""
+    if target.ndim != 4 or w.shape != target.shape[:2]:
+        raise ValueError(f"target must be (B, K, H, W) and w (B, K); got {tuple(target.shape)} and {tuple(w.shape)}")
+    lab = (target > 0.5) & (w[:, :, None, None] > 0.5)
+    k = torch.arange(1, target.shape[1] + 1, device=target.device).view(1, -1, 1, 1)
+    return (lab.long() * k).amax(1)
+
+
+def naive_softmax_ce(logits: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Variant (a): ``CrossEntropy(softmax(logits), partial_to_softmax_target(target, w))``.
+
+    ``logits``: ``(B, K + 1, H, W)`` (channel 0 = background); ``target``: ``(B, K, H, W)``.
+    """
+    if logits.ndim != 4 or logits.shape[1] != target.shape[1] + 1:
+        raise ValueError(
+            f"naive softmax needs K + 1 = {target.shape[1] + 1} logit channels (background first), got "
+            f"logits {tuple(logits.shape)}"
+        )
+    return F.cross_entropy(logits, partial_to_softmax_target(target, w))
+
+
+def naive_softmax_ce_dice(logits: torch.Tensor, target: torch.Tensor, w: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
+    """Variant (a) as usually trained (nnU-Net style): softmax CE + soft Dice over the K foreground
+    classes, both against the naive target in which unannotated structures are background."""
+    from monai.losses import DiceLoss
+
+    ce = naive_softmax_ce(logits, target, w)
+    lab = partial_to_softmax_target(target, w)[:, None]
+    dice = DiceLoss(softmax=True, to_onehot_y=True, include_background=False, smooth_nr=1e-5, smooth_dr=1e-5)(logits, lab)
+    return ce + dice_weight * dice

@@ -1,0 +1,149 @@
+"""Masked losses for partially labelled data: the maths of the slide (masking, sum-w normalisation)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_lib.methods import masked_losses as ml
+
+
+def _batch(B=3, K=4, H=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, K, H, H, generator=g, requires_grad=True)
+    target = (torch.rand(B, K, H, H, generator=g) > 0.6).float()
+    return logits, target
+
+
+@pytest.mark.parametrize("fn", [ml.masked_bce, ml.masked_dice, ml.masked_bce_dice])
+def test_gradient_is_exactly_zero_where_w_is_zero(fn):
+    logits, target = _batch()
+    w = torch.tensor([[1, 0, 1, 0], [0, 0, 1, 1], [1, 1, 1, 0]], dtype=torch.float32)
+    loss = fn(logits, target, w)
+    loss.backward()
+    g = logits.grad
+    off = w == 0
+    assert torch.count_nonzero(g[off]) == 0  # exactly zero, not just small
+    assert (g[~off].abs().flatten(1).sum(1) > 0).all()  # annotated channels do learn
+
+
+def test_unlabelled_channels_do_not_change_the_loss():
+    logits, target = _batch()
+    w = torch.tensor([[1, 0, 1, 0], [0, 0, 1, 1], [1, 1, 1, 0]], dtype=torch.float32)
+    a = ml.masked_bce_dice(logits, target, w)
+    target2 = target.clone()
+    target2[w == 0] = 1 - target2[w == 0]  # scramble what nobody annotated
+    logits2 = logits.detach().clone()
+    logits2[w == 0] = 10.0
+    assert torch.allclose(a, ml.masked_bce_dice(logits2, target2, w))
+
+
+def test_equals_plain_loss_when_all_labelled():
+    logits, target = _batch(B=2, K=3)
+    w = torch.ones(2, 3)
+    assert torch.allclose(ml.masked_bce_dice(logits, target, w), ml.plain_bce_dice(logits, target), atol=1e-6)
+    assert torch.allclose(ml.masked_bce(logits, target, w), F.binary_cross_entropy_with_logits(logits, target), atol=1e-6)
+
+
+def test_normalised_by_sum_of_w():
+    logits, target = _batch(B=2, K=3)
+    per = ml.per_channel_bce(logits, target) + ml.per_channel_dice(logits, target)
+    w = torch.tensor([[1, 0, 1], [0, 0, 1]], dtype=torch.float32)
+    expected = (per[0, 0] + per[0, 2] + per[1, 2]) / 3  # sum w = 3, not B*K = 6
+    assert torch.allclose(ml.masked_bce_dice(logits, target, w), expected, atol=1e-6)
+    # a single annotated channel: the loss is that channel's loss, whatever the batch size
+    w1 = torch.zeros(2, 3)
+    w1[1, 1] = 1
+    assert torch.allclose(ml.masked_bce_dice(logits, target, w1), per[1, 1], atol=1e-6)
+
+
+def test_nothing_annotated_gives_zero_loss_and_no_nan():
+    logits, target = _batch(B=2, K=2)
+    loss = ml.masked_bce_dice(logits, target, torch.zeros(2, 2))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.count_nonzero(logits.grad) == 0
+
+
+def test_naive_target_turns_unlabelled_structures_into_background():
+    target = torch.zeros(1, 2, 4, 4)
+    target[0, 0, :2] = 1  # structure 1 (e.g. liver), annotated
+    target[0, 1, 2:] = 1  # structure 2 (e.g. kidney), NOT annotated in this dataset
+    lab = ml.partial_to_softmax_target(target, torch.tensor([[1.0, 0.0]]))
+    assert lab[0, :2].eq(1).all() and lab[0, 2:].eq(0).all()
+    full = ml.partial_to_softmax_target(target, torch.ones(1, 2))
+    assert full[0, 2:].eq(2).all()
+    logits = torch.randn(1, 3, 4, 4)
+    assert torch.allclose(ml.naive_softmax_ce(logits, target, torch.tensor([[1.0, 0.0]])), F.cross_entropy(logits, lab))
+
+
+def test_bad_inputs_have_clear_errors():
+    logits, target = _batch(B=2, K=3)
+    with pytest.raises(ValueError, match="w must be"):
+        ml.masked_bce_dice(logits, target, torch.ones(2, 4))
+    with pytest.raises(ValueError, match="target shape"):
+        ml.masked_bce_dice(logits, target[:, :2], torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ml.masked_bce_dice(logits, target, torch.full((2, 3), 2.0))
+    with pytest.raises(ValueError, match="K \\+ 1"):
+        ml.naive_softmax_ce(torch.randn(2, 3, 8, 8), target, torch.ones(2, 3))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        ml.masked_bce(logits.detach().numpy(), target, torch.ones(2, 3))
+
+
+# ----------------------------------------------------------------------------- partial-label assembly
+from course_lib.methods import partial_labels as pl
+
+
+def _samples(n=6, H=16):
+    out = []
+    for i in range(n):
+        lm = np.zeros((H, H), np.uint8)
+        lm[:4] = 1  # liver
+        lm[8:12, :4] = 2  # kidney
+        out.append(dict(image=np.full((H, H), i / n, np.float32), label_map=lm, structures=("background", "liver", "kidney"), id=f"s{i}"))
+    return out
+
+
+def test_assemble_hides_unlabelled_structures_and_sets_w():
+    data = pl.assemble(_samples(), ("liver", "kidney"), {"A": ("kidney",), "C": ("liver",)}, seed=0)
+    assert data.w.shape == (6, 2) and data.full_targets.shape == (6, 2, 16, 16)
+    for i in range(6):
+        expected = [0.0, 1.0] if data.dataset[i] == "A" else [1.0, 0.0]
+        assert data.w[i].tolist() == expected
+        assert data.full_targets[i].sum() > 0 and data.targets[i, data.w[i] == 0].sum() == 0
+    assert (data.dataset == "A").sum() == 3
+    assert data.table().loc["A", "kidney"] == "yes" and data.table().loc["A", "liver"] == "-"
+    with pytest.raises(ValueError, match="not among structures"):
+        pl.assemble(_samples(), ("liver",), {"A": ("spleen",)})
+    with pytest.raises(ValueError, match="has no structure"):
+        pl.one_hot_structures(_samples(1), ("spleen",))
+
+
+def test_partial_nets_have_k_or_k_plus_1_outputs_and_train():
+    data = pl.assemble(_samples(4), ("liver", "kidney"), {"A": ("kidney",), "C": ("liver",)})
+    for mode, k in (("naive", 3), ("masked", 2)):
+        net, losses = pl.train_partial(data, mode, steps=2, batch_size=2, features=(4, 8), progress=False, device="cpu")
+        assert net(torch.zeros(1, 1, 16, 16)).shape == (1, k, 16, 16) and np.isfinite(losses).all()
+        assert pl.predict_partial(net, data.images, mode).shape == (4, 2, 16, 16)
+    with pytest.raises(ValueError, match="mode must be"):
+        pl.build_net("softmax", 2)
+
+
+def test_per_structure_dice_only_counts_images_with_the_structure():
+    t = np.zeros((2, 1, 4, 4), np.float32)
+    t[0, 0, :2] = 1
+    p = np.zeros((2, 1, 4, 4), bool)
+    p[0, 0, :1] = True
+    p[1, 0] = True  # false positives on an image without the structure are not counted here
+    assert pl.per_structure_dice(p, t, ("x",)) == pytest.approx({"x": 2 * 4 / (4 + 8)})
+
+
+def test_naive_ce_dice_uses_the_naive_target():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 8, 8, generator=g)
+    target = (torch.rand(2, 2, 8, 8, generator=g) > 0.5).float()
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    from monai.losses import DiceLoss
+
+    lab = ml.partial_to_softmax_target(target, w)
+    ref = F.cross_entropy(logits, lab) + DiceLoss(softmax=True, to_onehot_y=True, include_background=False, smooth_nr=1e-5, smooth_dr=1e-5)(logits, lab[:, None])
+    assert torch.allclose(ml.naive_softmax_ce_dice(logits, target, w), ref)
