@@ -10,6 +10,9 @@ BIN        := $(VENV)/bin
 # The torch build this course is verified with; override e.g. TORCH_SPEC="torch torchvision" on Colab/GPU boxes.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP      := $(VENV)/.installed
+# Torch threads for headless runs: the quick profile's tensors are tiny; on the 2-core build box one thread was
+# as fast as two when idle and ~10x faster when the box was shared. `make course THREADS=4` to change.
+THREADS    ?= 1
 NBVAL_OPTS := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: setup lab course test unit notebooks pretrain clean
@@ -28,17 +31,17 @@ lab: setup
 	$(BIN)/jupyter lab notebooks/
 
 course: setup
-	COURSE_PROFILE=quick $(BIN)/python tools/run_course.py notebooks
+	COURSE_PROFILE=quick OMP_NUM_THREADS=$(THREADS) $(BIN)/python tools/run_course.py notebooks
 
 test: setup
-	COURSE_PROFILE=quick HF_HUB_OFFLINE=1 PYTHONWARNINGS=ignore::DeprecationWarning \
+	COURSE_PROFILE=quick HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(THREADS) PYTHONWARNINGS=ignore::DeprecationWarning \
 	  $(BIN)/python -m pytest tests notebooks $(NBVAL_OPTS)
 
 unit: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests
 
 notebooks: setup
-	COURSE_PROFILE=quick HF_HUB_OFFLINE=1 $(BIN)/python -m pytest notebooks $(NBVAL_OPTS)
+	COURSE_PROFILE=quick HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(THREADS) $(BIN)/python -m pytest notebooks $(NBVAL_OPTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -119,6 +119,38 @@ def _make_optimizer(optimizer, params, lr, weight_decay, betas):
     raise ValueError(f"unknown optimizer {optimizer!r}: use one of {OPTIMIZERS} or pass a torch.optim.Optimizer")
 
 
+def optimizer_step(loss, optimizer, scaler=None, scheduler=None, grad_clip: float | None = None,
+                   params: Iterable | None = None) -> None:
+    """One (mixed-precision) optimisation step on the scalar ``loss``; every training loop uses it.
+
+    In order: ``optimizer.zero_grad(set_to_none=True)``; backward (``scaler.scale(loss).backward()``
+    with a ``GradScaler``, else ``loss.backward()``); optionally clip the global gradient norm to
+    ``grad_clip`` — with a scaler the gradients are first unscaled (``scaler.unscale_``) so the
+    threshold applies to the true gradients; ``scaler.step(optimizer)`` + ``scaler.update()`` (or
+    ``optimizer.step()``); finally ``scheduler.step()`` if a scheduler is given (a per-step
+    schedule). ``params`` are the tensors whose norm is clipped (default: every parameter in the
+    optimizer's param groups). A disabled scaler (``runtime.grad_scaler`` on CPU or with bf16)
+    makes this identical to the plain path. Nothing here depends on the device.
+    """
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if grad_clip is not None:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        if params is None:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+
+
 def _cat(chunks: list):
     import torch
 
@@ -296,19 +328,13 @@ def fit(
                         f"the loss became {lv} at epoch {epoch + 1}, step {step + 1}; lower lr "
                         f"(now {opt.param_groups[0]['lr']:.2e}), add warmup, or set grad_clip=1.0"
                     )
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if grad_clip is not None:
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
-                hist["lr"].append(opt.param_groups[0]["lr"])
-                scaler.step(opt)
-                scaler.update()
+                lr_now = opt.param_groups[0]["lr"]
                 with warnings.catch_warnings():
                     # an fp16 GradScaler skips the first step(s) on inf grads; the scheduler then
                     # (harmlessly) "steps before the optimizer", which torch warns about
                     warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
-                    sched.step()
+                    optimizer_step(loss, opt, scaler, sched, grad_clip)
+                hist["lr"].append(lr_now)
                 step += 1
                 hist["step_loss"].append(lv)
                 n = _batch_len(x)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import runtime
+from ..train import optimizer_step
 from .heads import ClassificationHead, MultiLevelAggregation, SegmentationHead, aggregation_blocks
 from .hybrid_tuning import VARIANTS, HTAdapter
 from .mona import Mona
@@ -411,11 +412,7 @@ def fit(model: AdaptedViT, X: torch.Tensor, Y: torch.Tensor, *, epochs: int = 1,
             else:
                 out = model(X[idx].to(device, non_blocking=True))
             loss = loss_fn(out.float(), yb)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
+        optimizer_step(loss, opt, scaler, sched)
         hist.append(float(loss.detach()))
         bar.set_postfix(loss=f"{hist[-1]:.3f}")
     model.eval()

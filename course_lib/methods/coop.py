@@ -42,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from course_lib import runtime
+from course_lib.train import optimizer_step
 
 runtime.register_section(
     "coop",
@@ -411,11 +412,7 @@ def train_prompt_learner(
         idx = torch.randperm(len(labels), generator=g)[:batch_size].to(device)
         with runtime.autocast(device):
             loss = F.cross_entropy(model(features[idx]), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
+        optimizer_step(loss, opt, scaler, sched)
         hist["loss"].append(float(loss.detach()))
         if eval_fn is not None and eval_every and ((step + 1) % eval_every == 0 or step == steps - 1):
             model.eval()

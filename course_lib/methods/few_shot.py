@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from course_lib import runtime
+from course_lib.train import optimizer_step
 
 runtime.register_section(
     "few_shot",
@@ -187,11 +188,7 @@ def train_on_features(
                     with torch.no_grad():
                         xb = encode(xb)
                 loss = F.cross_entropy(model(xb.float()), y[idx])
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
+            optimizer_step(loss, opt, scaler, sched)
             tot += float(loss.detach()) * len(idx)
         losses.append(tot / n)
     model.eval()

@@ -59,6 +59,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from course_lib import runtime
+from course_lib.train import optimizer_step
 
 runtime.register_section(
     "universeg",
@@ -415,11 +416,7 @@ def meta_train(
         with runtime.autocast(device):
             logits = model(q, sup)
         loss = seg_loss(logits.float(), qy)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
+        optimizer_step(loss, opt, scaler, sched)
         run = loss.item() if run is None else 0.98 * run + 0.02 * loss.item()
         if step % log_every == 0 or step == steps - 1:
             hist["step"].append(step)

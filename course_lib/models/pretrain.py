@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from course_lib import runtime
 from course_lib.models import backbones
 from course_lib.models import zero_shot as zs
+from course_lib.train import optimizer_step
 
 #: the data + optimisation recipe of the committed checkpoint (``python -m course_lib.models.pretrain``)
 RECIPE = dict(
@@ -284,13 +285,7 @@ def train_clip(bb, corpus: dict, *, steps: int, batch_size: int, lr: float = 1e-
             u = model.encode_image(x, normalize=True)
             v = model.encode_text(t, normalize=True)
             loss = clip_loss(u.float(), v.float(), model.logit_scale.exp())
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
+        optimizer_step(loss, opt, scaler, sched, grad_clip=1.0, params=model.parameters())
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         hist["step"].append(step)

@@ -43,6 +43,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from course_lib import runtime
+from course_lib.train import optimizer_step
 
 NAME = "segfm-tiny"
 ASSET_DIR = runtime.PACKAGE_DIR / "assets"
@@ -286,11 +287,7 @@ def pretrain(out: str | Path | None = CHECKPOINT, seed: int = 0, profile=None, v
                 xb, yb = xb.flip(-1), yb.flip(-1)
             with runtime.autocast(device):
                 loss = dice_ce_loss(model(xb).float(), yb)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
+            optimizer_step(loss, opt, scaler, sched)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         dice = evaluate_dice(model, xva, yva)
