@@ -92,7 +92,7 @@ runtime.register_section(
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 CHECKPOINT_NAME = "universeg-tiny.pt"
 #: SHA-256 of the committed checkpoint (also in data_cards/universeg-tiny.md)
-CHECKPOINT_SHA256 = "a5a46beb394dc6f742b33782a22b9bc59d47496a3c1d7167b48c1c2e2a513a81"
+CHECKPOINT_SHA256 = "7540f15db1a468b36d475aa1f1daa2064b879150a2105892fa6bbffb6500bfc9"
 
 #: meta-training configuration used for the committed checkpoint
 DEFAULT_TRAIN = dict(
