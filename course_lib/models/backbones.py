@@ -69,7 +69,7 @@ SONOCLIP_TINY_CFG = {
 }
 SONOCLIP_TINY_FILE = ASSETS_DIR / "sonoclip-tiny.safetensors"
 #: SHA-256 of the committed checkpoint (also in data_cards/sonoclip-tiny.md). ``None`` while untrained.
-SONOCLIP_TINY_SHA256: str | None = "f55f06a79fb8ce7d6e76d2768ee3912dbf22582389651e88bfa845bd6abfe554"
+SONOCLIP_TINY_SHA256: str | None = "dde308e87be215d5a8cb54e1e02b4a96a98d7d44541fc052e9dde4efb33b10c1"
 SONOCLIP_TINY_REBUILD = "python -m course_lib.models.pretrain --out course_lib/assets/sonoclip-tiny.safetensors"
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

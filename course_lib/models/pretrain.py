@@ -41,13 +41,13 @@ from course_lib.train import optimizer_step
 RECIPE = dict(
     seed=0,  # initialisation and batch order
     data_seed=7,  # SonoSynth stream of the pretraining corpus (the course's tasks use seed 0)
-    n_train=6000,  # SonoSynth image-report pairs: indices 0..n_train-1 of data_seed
+    n_train=20000,  # SonoSynth image-report pairs: indices 0..n_train-1 of data_seed
     n_eval=512,  # held-out pairs: SonoSynth seed 0, "test" split (indices from 2e8), never trained on
-    steps=300,
+    steps=1100,
     batch_size=64,
-    lr=1e-3,
+    lr=2e-3,
     weight_decay=0.1,
-    warmup=20,
+    warmup=60,
     image_size=64,
     p_lesion=0.85,
     label_noise=0.0,
