@@ -13,7 +13,7 @@ STAMP      := $(VENV)/.installed
 # Torch threads for headless runs: the quick profile's tensors are tiny; on the 2-core build box one thread was
 # as fast as two when idle and ~10x faster when the box was shared. `make course THREADS=4` to change.
 THREADS    ?= 1
-NBVAL_OPTS := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+NBVAL_OPTS := --nbval-lax --nbval-current-env --nbval-cell-timeout=300 --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: setup lab course test unit notebooks pretrain clean
 

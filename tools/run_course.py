@@ -56,7 +56,7 @@ def run_one(path: Path, timeout: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("paths", nargs="+")
-    ap.add_argument("--timeout", type=int, default=600, help="per-cell timeout in seconds")
+    ap.add_argument("--timeout", type=int, default=300, help="per-cell timeout in seconds (a stuck cell fails fast)")
     ap.add_argument("--no-record", action="store_true", help="do not update benchmarks/course_times.json")
     args = ap.parse_args(argv)
 
@@ -69,10 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             sec = run_one(nb, args.timeout)
             rows.append((nb.name, sec, "ok"))
-        except CellExecutionError as err:
+        except Exception as err:  # a failing cell, a timeout or a dead kernel: report it, keep going
             failed.append(nb.name)
             rows.append((nb.name, float("nan"), "FAILED"))
-            print(str(err)[-3000:], file=sys.stderr)
+            kind = "" if isinstance(err, CellExecutionError) else f"{type(err).__name__}: "
+            print(kind + str(err)[-3000:], file=sys.stderr)
     total = time.perf_counter() - total0
 
     width = max([len(r[0]) for r in rows] + [8])
