@@ -28,6 +28,7 @@ import torch
 
 from course_lib import runtime
 from course_lib.methods import masked_losses as ml
+from course_lib.train import optimizer_step
 
 runtime.register_section(
     "partial_labels",
@@ -168,10 +169,7 @@ def train_partial(
             logits = net(x)
         logits = logits.float()
         loss = ml.naive_softmax_ce_dice(logits, t, w) if mode == "naive" else ml.masked_bce_dice(logits, t, w)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, scheduler=sched)
         losses.append(loss.item())
     net.eval()
     return net, losses

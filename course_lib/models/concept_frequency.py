@@ -49,6 +49,7 @@ from course_lib import runtime
 from course_lib.models import backbones
 from course_lib.models import pretrain as pt
 from course_lib.models import zero_shot as zs
+from course_lib.train import optimizer_step
 
 CONCEPT = "posterior"  # the SonoSynth report concept whose mention frequency is varied
 POSITIVE, NEGATIVE = "shadowing", "none"  # attribute values told apart at evaluation
@@ -168,10 +169,7 @@ def train_lit(model, image_features: torch.Tensor, tokens: torch.Tensor, *, step
         idx = torch.randint(0, n, (batch_size,), generator=gen)
         v = model.encode_text(tokens[idx], normalize=True)
         loss = pt.clip_loss(image_features[idx], v, model.logit_scale.exp().clamp(max=100))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, scheduler=sched)
         losses.append(loss.item())
     model.eval()
     return losses
