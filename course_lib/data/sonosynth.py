@@ -247,17 +247,8 @@ _SECTOR_HALF = math.radians(38.0)
 def malignancy_rule(attrs: dict) -> tuple[int, int]:
     """Points score and label (0 = benign, 1 = malignant) of a lesion attribute dict.
 
-    ``attrs`` needs the keys of :data:`ATTRIBUTES` (``size_mm`` optional, default 0). Points:
-
-    ==============  =========================================================================
-    shape           oval 0, round 1, irregular 2
-    margin          circumscribed 0, indistinct 1, microlobulated 2, angular 2, spiculated 3
-    echogenicity    anechoic 0, hyperechoic 0, isoechoic 1, heterogeneous 1, hypoechoic 2
-    posterior       none 0, enhancement 0, combined 1, shadowing 2
-    calcifications  none 0, macro 1, micro 3
-    orientation     parallel 0, taller_than_wide 3
-    size_mm         < 20 mm 0, >= 20 mm 1
-    ==============  =========================================================================
+    ``attrs`` needs the keys of :data:`ATTRIBUTES` (``size_mm`` optional, default 0). Points per value
+    are in :data:`RULE_POINTS` (table in the module docstring); ``size_mm >= RULE_SIZE_MM`` adds one.
 
     malignant iff score >= 5 (:data:`RULE_THRESHOLD`). Example: an oval, circumscribed, anechoic
     lesion with enhancement scores 0 (benign); an irregular, spiculated, hypoechoic, shadowing one
