@@ -1,4 +1,5 @@
-"""A small, transparent training loop shared by every notebook.
+"""The one training loop of the course (``fit``), with ``evaluate``, ``predict`` and ``optimizer_step``;
+every library trainer and notebook trains through :func:`fit`.
 
 ``fit`` trains any ``nn.Module`` with AdamW (Loshchilov & Hutter, ICLR 2019) and a per-step
 schedule of linear warm-up followed by cosine decay to zero (Loshchilov & Hutter, SGDR,
@@ -28,13 +29,19 @@ SCHEDULERS = ("cosine", "constant", None)
 
 
 # --------------------------------------------------------------------------- helpers
-def count_parameters(model) -> dict[str, int]:
-    """``{"total", "trainable", "frozen"}`` numbers of parameters (shared ones counted once)."""
-    total = trainable = 0
-    for p in model.parameters():
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
-    return {"total": total, "trainable": trainable, "frozen": total - trainable}
+def count_parameters(model, trainable: bool | None = None) -> int:
+    """Number of parameters of ``model`` (shared ones counted once): all of them (``trainable=None``),
+    those with ``requires_grad`` (``trainable=True``) or the frozen ones (``trainable=False``).
+    The one parameter counter of the course: every "what trains" table and test uses it."""
+    if trainable not in (None, True, False):
+        raise ValueError(f"trainable must be None (all), True or False, got {trainable!r}")
+    return sum(p.numel() for p in model.parameters() if trainable is None or p.requires_grad == trainable)
+
+
+def parameter_summary(model) -> dict[str, int]:
+    """``{"total", "trainable", "frozen"}`` from :func:`count_parameters`."""
+    return {"total": count_parameters(model), "trainable": count_parameters(model, True),
+            "frozen": count_parameters(model, False)}
 
 
 def model_device(model):
@@ -214,18 +221,51 @@ def evaluate(model, loader, metric_fn: Callable, device=None, batch_fn: Callable
     return {k: float(v.item() if hasattr(v, "item") else v) for k, v in res.items()}
 
 
+# --------------------------------------------------------------------------- predict
+def predict(model, x, *, batch_size: int = 64, fn: Callable | None = None, device=None):
+    """Batched inference: ``fn(model, xb)`` (default ``model(xb)``) over chunks of ``x`` in eval mode,
+    without gradients and under AMP on CUDA; outputs concatenated on the CPU (float32).
+
+    ``x`` is a tensor (or anything sliceable with a length). The model's train/eval mode is restored.
+    The one batched-inference helper of the course.
+    """
+    import torch
+
+    if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    n = len(x)
+    if n == 0:
+        raise ValueError("predict() got an empty input (0 samples); check the split size")
+    device = torch.device(device) if device is not None else model_device(model)
+    was_training = model.training
+    model.eval()
+    outs = []
+    try:
+        with torch.no_grad():
+            for i in range(0, n, batch_size):
+                xb = to_device(x[i:i + batch_size], device, non_blocking=device.type == "cuda")
+                with runtime.autocast(device):
+                    out = fn(model, xb) if fn is not None else model(xb)
+                outs.append(_detach_cpu(out))
+    finally:
+        model.train(was_training)
+    return _cat(outs)
+
+
 # --------------------------------------------------------------------------- fit
+# region: fit-loop
 def fit(
     model,
-    train_loader: Iterable,
-    loss_fn: Callable,
+    data,
+    loss_fn: Callable | None = None,
     *,
-    epochs: int,
-    lr: float,
+    epochs: int | None = None,
+    steps: int | None = None,
+    lr: float | None = None,
     optimizer: str | Any = "adamw",
     weight_decay: float = 1e-2,
     betas: tuple[float, float] = (0.9, 0.999),
-    scheduler: str | None = "cosine",
+    scheduler: str | None | Any = "cosine",
     warmup: int = 0,
     val_loader: Iterable | None = None,
     val_fn: Callable | None = None,
@@ -235,37 +275,61 @@ def fit(
     desc: str = "",
     batch_fn: Callable | None = None,
     grad_clip: float | None = None,
+    forward: Callable | None = None,
+    after_step: Callable | None = None,
+    clip_params: Iterable | None = None,
 ) -> dict:
-    """Train ``model`` and return its history.
+    """Train ``model`` and return its history: the one training loop of the course.
 
     Parameters
     ----------
-    epochs, lr : number of passes over ``train_loader`` and the peak learning rate.
+    data : an iterable of batches (a ``DataLoader``; iterated once per epoch, or cycled when
+        ``steps`` is given), or a callable ``data(step) -> batch`` that draws batch ``step``
+        (episodic / on-the-fly sampling; needs ``steps``).
+    loss_fn : ``loss_fn(model(x), y)`` with ``(x, y) = batch_fn(batch)``. Not needed with ``forward``.
+    forward : ``forward(model, batch) -> loss`` (or ``(loss, logs)``, ``logs`` a dict of floats
+        recorded per step) for anything that is not "model(x) then loss" (contrastive pairs,
+        episodes, masked losses, regularisers). It runs under autocast like the default path.
+    epochs / steps : how long to train (exactly one of them).
+    lr : the peak learning rate (not needed with an optimizer instance).
     optimizer : ``"adamw"`` (default), ``"adam"``, ``"sgd"`` (momentum = ``betas[0]``) or an
         optimizer instance (then ``lr``/``weight_decay``/``betas``/``params`` are its own).
-    scheduler : ``"cosine"`` (per step, to 0 at the end), ``"constant"``/``None``; ``warmup`` =
-        linear warm-up steps.
-    val_loader, val_fn : evaluated after every epoch with :func:`evaluate`; ``val_fn(outputs,
-        targets)`` returns a float or dict (default: ``loss_fn`` -> ``{"loss": ...}``).
-    params : what to optimise (default: the parameters with ``requires_grad``).
-    device : default: the model's device; if given, the model is moved there.
-    grad_clip : clip the global gradient norm to this value (None = off).
+    scheduler : ``"cosine"`` (per step, to 0 at the end), ``"constant"``/``None``, or an LR scheduler
+        instance built on the optimizer instance; ``warmup`` = linear warm-up steps.
+    params : what to optimise (default: the parameters with ``requires_grad``); param-group dicts work.
+    after_step : ``after_step(step, model, optimizer)`` after every optimiser step (e.g. ARENA's
+        proximal step, or clamping).
+    val_loader, val_fn : evaluated after every epoch with :func:`evaluate`.
+    grad_clip : clip the global gradient norm (of ``clip_params``, default all optimised) to this value.
 
     Returns
     -------
-    dict with ``step_loss`` and ``lr`` (per step), ``train_loss`` and ``epoch_seconds`` (per
-    epoch), ``val`` (list of dicts per epoch) plus ``val_<name>`` lists, ``seconds`` (total),
-    ``steps``, ``epochs``, ``device``, ``amp`` and ``parameters`` (:func:`count_parameters`).
+    dict with ``step_loss`` and ``lr`` (per step), ``logs`` (per-step dicts from ``forward``),
+    ``train_loss`` and ``epoch_seconds`` (per epoch; one entry in step mode), ``val`` plus
+    ``val_<name>`` lists, ``seconds``, ``steps``, ``epochs``, ``device``, ``amp`` and ``parameters``.
     """
     import torch
     from tqdm.auto import tqdm
 
-    if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs <= 0:
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}; e.g. epochs=P.epochs")
-    if not isinstance(optimizer, torch.optim.Optimizer) and not (isinstance(lr, (int, float)) and lr > 0):
+    if (epochs is None) == (steps is None):
+        raise ValueError(f"give exactly one of epochs= and steps= (got epochs={epochs!r}, steps={steps!r}); "
+                         f"e.g. epochs=P.epochs, or steps=P.section(...).steps for episodic training")
+    budget = epochs if epochs is not None else steps
+    what = "epochs" if epochs is not None else "steps"
+    if not isinstance(budget, (int, np.integer)) or isinstance(budget, bool) or budget <= 0:
+        raise ValueError(f"{what} must be a positive integer, got {budget!r}; e.g. {what}=P.{what if what == 'epochs' else 'steps'}")
+    if budget > 10_000_000:
+        raise ValueError(f"{what}={budget} is beyond any course budget (max 10,000,000); check the value")
+    if callable(data) and not hasattr(data, "__iter__") and steps is None:
+        raise ValueError("a callable data(step) -> batch needs steps=...; pass an iterable loader for epochs=...")
+    if loss_fn is None and forward is None:
+        raise ValueError("give loss_fn(output, target) or forward(model, batch) -> loss")
+    is_opt = isinstance(optimizer, torch.optim.Optimizer)
+    if not is_opt and not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}; e.g. lr=P.lr")
-    if scheduler not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {scheduler!r}: use 'cosine', 'constant' or None")
+    custom_sched = scheduler is not None and not isinstance(scheduler, str)
+    if not custom_sched and scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {scheduler!r}: use 'cosine', 'constant', None or an LR scheduler instance")
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0 steps, got {warmup}")
     if device is not None:
@@ -274,14 +338,17 @@ def fit(
     else:
         device = model_device(model)
     batch_fn = batch_fn or default_batch_fn
-    try:
-        steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
-    except TypeError:
+    if callable(data) and not hasattr(data, "__iter__"):
         steps_per_epoch = None
-    if steps_per_epoch == 0:
-        raise ValueError("train_loader is empty (0 batches); check the dataset size and batch_size/drop_last")
+    else:
+        try:
+            steps_per_epoch = len(data)  # type: ignore[arg-type]
+        except TypeError:
+            steps_per_epoch = None
+        if steps_per_epoch == 0:
+            raise ValueError("the training loader is empty (0 batches); check the dataset size and batch_size/drop_last")
 
-    if params is None and not isinstance(optimizer, torch.optim.Optimizer):
+    if params is None and not is_opt:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError(
@@ -289,38 +356,71 @@ def fit(
                 "or pass params=[...]"
             )
     opt = _make_optimizer(optimizer, params, lr, weight_decay, betas)
-    total = epochs * steps_per_epoch if steps_per_epoch else 0
-    if scheduler == "cosine" and not total:
-        raise ValueError("the cosine schedule needs len(train_loader); use scheduler='constant' for an iterable")
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, warmup, scheduler))
+    total = steps if steps is not None else (epochs * steps_per_epoch if steps_per_epoch else 0)
+    if custom_sched:
+        sched = scheduler
+    else:
+        if scheduler == "cosine" and not total:
+            raise ValueError("the cosine schedule needs len(data) or steps=; use scheduler='constant' for an iterable")
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, warmup, scheduler))
     scaler = runtime.grad_scaler(device)
     if val_loader is not None and val_fn is None:
+        if loss_fn is None:
+            raise ValueError("val_loader needs val_fn(outputs, targets) when training with forward=")
 
         def val_fn(out, y):
             return {"loss": loss_fn(out, y)}
 
+    amp = runtime.amp_dtype(device)
     hist: dict[str, Any] = dict(
-        step_loss=[], lr=[], train_loss=[], epoch_seconds=[], val=[], seconds=0.0, steps=0, epochs=epochs,
-        device=str(device), amp=str(runtime.amp_dtype(device)).replace("torch.", "") if runtime.amp_dtype(device) else "off",
-        parameters=count_parameters(model),
+        step_loss=[], lr=[], logs=[], train_loss=[], epoch_seconds=[], val=[], seconds=0.0, steps=0,
+        epochs=epochs, device=str(device), amp=str(amp).replace("torch.", "") if amp else "off",
+        parameters=parameter_summary(model),
     )
+    nb = device.type == "cuda"
+
+    def batches(epoch: int):
+        if steps_per_epoch is None and callable(data) and not hasattr(data, "__iter__"):
+            for t in range(steps):
+                yield data(t)
+        elif steps is None:
+            yield from data
+        else:  # cycle an iterable for a fixed number of steps
+            done = 0
+            while done < steps:
+                empty = True
+                for b in data:
+                    empty = False
+                    yield b
+                    done += 1
+                    if done >= steps:
+                        return
+                if empty:
+                    raise ValueError("the training loader yielded no batches; check the dataset size and batch_size")
+
     bar = tqdm(total=total or None, desc=desc or "fit", disable=not progress, leave=True)
     t_start = time.perf_counter()
     model.train()
     step = 0
     try:
-        for epoch in range(epochs):
+        for epoch in range(epochs or 1):
             t_ep, losses, sizes = time.perf_counter(), [], []
-            for batch in train_loader:
-                x, y = batch_fn(batch)
-                x = to_device(x, device, non_blocking=device.type == "cuda")
-                y = to_device(y, device, non_blocking=device.type == "cuda")
+            for batch in batches(epoch):
+                logs = None
                 with runtime.autocast(device):
-                    out = model(x)
-                    loss = loss_fn(out, y)
+                    if forward is not None:
+                        out = forward(model, to_device(batch, device, non_blocking=nb))
+                        loss, logs = out if isinstance(out, tuple) else (out, None)
+                        n = 1
+                    else:
+                        x, y = batch_fn(batch)
+                        x = to_device(x, device, non_blocking=nb)
+                        y = to_device(y, device, non_blocking=nb)
+                        loss = loss_fn(model(x), y)
+                        n = _batch_len(x)
                 if loss.ndim:
                     raise ValueError(
-                        f"loss_fn must return a scalar, got shape {tuple(loss.shape)}; reduce it, e.g. .mean()"
+                        f"the loss must be a scalar, got shape {tuple(loss.shape)}; reduce it, e.g. .mean()"
                     )
                 lv = float(loss.detach())
                 if not math.isfinite(lv):
@@ -328,36 +428,38 @@ def fit(
                         f"the loss became {lv} at epoch {epoch + 1}, step {step + 1}; lower lr "
                         f"(now {opt.param_groups[0]['lr']:.2e}), add warmup, or set grad_clip=1.0"
                     )
-                lr_now = opt.param_groups[0]["lr"]
+                hist["lr"].append(opt.param_groups[0]["lr"])
                 with warnings.catch_warnings():
                     # an fp16 GradScaler skips the first step(s) on inf grads; the scheduler then
                     # (harmlessly) "steps before the optimizer", which torch warns about
                     warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
-                    optimizer_step(loss, opt, scaler, sched, grad_clip)
-                hist["lr"].append(lr_now)
+                    optimizer_step(loss, opt, scaler, sched, grad_clip, params=clip_params)
+                if after_step is not None:
+                    after_step(step, model, opt)
                 step += 1
                 hist["step_loss"].append(lv)
-                n = _batch_len(x)
+                if logs is not None:
+                    hist["logs"].append({k: float(v) for k, v in logs.items()})
                 losses.append(lv)
                 sizes.append(n)
                 bar.update(1)
-                bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{lv:.4f}", refresh=False)
+                post = {"epoch": f"{epoch + 1}/{epochs}"} if epochs else {}
+                bar.set_postfix(loss=f"{lv:.4f}", refresh=False, **post)
             if not losses:
-                raise ValueError("train_loader yielded no batches; check the dataset size and batch_size")
+                raise ValueError("the training loader yielded no batches; check the dataset size and batch_size")
             hist["train_loss"].append(float(np.average(losses, weights=sizes)))
             if val_loader is not None:
                 res = evaluate(model, val_loader, val_fn, device=device, batch_fn=batch_fn)
                 hist["val"].append(res)
                 for k, v in res.items():
                     hist.setdefault(f"val_{k}", []).append(v)
-                bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{hist['train_loss'][-1]:.4f}",
-                                **{f"val_{k}": f"{v:.4f}" for k, v in list(res.items())[:2]})
             hist["epoch_seconds"].append(time.perf_counter() - t_ep)
     finally:
         bar.close()
     hist["seconds"] = time.perf_counter() - t_start
     hist["steps"] = step
     return hist
+# endregion
 
 
 def _batch_len(x) -> int:

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.methods import masked_losses as ml
+from course_lib import losses as ml
 
 
 def _batch(B=3, K=4, H=8, seed=0):

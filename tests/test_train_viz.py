@@ -39,7 +39,12 @@ def accuracy(out, y):
 def test_count_parameters_exact():
     m = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))  # 15 + 8
     m[0].requires_grad_(False)
-    assert train.count_parameters(m) == {"total": 23, "trainable": 8, "frozen": 15}
+    assert train.count_parameters(m) == 23
+    assert train.count_parameters(m, trainable=True) == 8
+    assert train.count_parameters(m, trainable=False) == 15
+    assert train.parameter_summary(m) == {"total": 23, "trainable": 8, "frozen": 15}
+    with pytest.raises(ValueError, match="trainable must be"):
+        train.count_parameters(m, trainable="yes")
 
 
 def test_fit_reduces_loss_and_records_history():
@@ -232,3 +237,51 @@ def test_smooth_is_moving_average():
     y = np.array([0.0, 2.0, 4.0, 6.0])
     np.testing.assert_allclose(viz._smooth(y, 2), [0.0, 1.0, 3.0, 5.0])
     assert math.isclose(viz._smooth(y, 1)[2], 4.0)
+
+
+# --------------------------------------------------------------------------- fit: step mode and hooks
+def test_fit_step_mode_with_forward_and_after_step():
+    torch.manual_seed(0)
+    m = nn.Linear(2, 1)
+    x = torch.randn(64, 2)
+    y = x @ torch.tensor([[1.0], [-2.0]])
+    seen = []
+
+    def draw(step):
+        i = torch.arange(step * 8, step * 8 + 8) % 64
+        return x[i], y[i]
+
+    def forward(model, batch):
+        xb, yb = batch
+        loss = ((model(xb) - yb) ** 2).mean()
+        return loss, {"mse": loss.detach()}
+
+    h = train.fit(m, draw, forward=forward, steps=120, lr=0.05, progress=False,
+                  after_step=lambda step, model, opt: seen.append(step))
+    assert h["steps"] == 120 and seen == list(range(120)) and len(h["logs"]) == 120
+    assert h["step_loss"][-1] < 0.05 * h["step_loss"][0]
+
+
+def test_fit_cycles_a_loader_for_steps_and_checks_budget():
+    m = nn.Linear(2, 1)
+    loader = [(torch.randn(4, 2), torch.randn(4, 1)) for _ in range(3)]
+    h = train.fit(m, loader, nn.functional.mse_loss, steps=7, lr=0.01, progress=False)
+    assert h["steps"] == 7
+    with pytest.raises(ValueError, match="exactly one of epochs= and steps="):
+        train.fit(m, loader, nn.functional.mse_loss, epochs=1, steps=3, lr=0.01)
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        train.fit(m, loader, nn.functional.mse_loss, steps=0, lr=0.01)
+    with pytest.raises(ValueError, match="needs steps"):
+        train.fit(m, lambda t: loader[0], nn.functional.mse_loss, epochs=1, lr=0.01)
+
+
+def test_predict_batches_and_restores_mode():
+    m = nn.Sequential(nn.Linear(3, 2), nn.Dropout(0.5))
+    m.train()
+    x = torch.randn(10, 3)
+    out = train.predict(m, x, batch_size=3)
+    assert out.shape == (10, 2) and m.training
+    m.eval()
+    assert torch.allclose(out, m(x))
+    with pytest.raises(ValueError, match="empty"):
+        train.predict(m, x[:0])

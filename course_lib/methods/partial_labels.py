@@ -10,12 +10,12 @@ are kept in ``full_targets`` for evaluation only.
 :func:`train_partial` trains the same small MONAI ``UNet`` with
 
 * ``mode="naive"`` -- softmax over K + 1 classes, unannotated structures treated as
-  background, CE + Dice (:func:`course_lib.methods.masked_losses.naive_softmax_ce_dice`), or
+  background, CE + Dice (:func:`course_lib.losses.naive_softmax_ce_dice`), or
 * ``mode="masked"`` -- K sigmoid outputs and the masked BCE + Dice loss normalised by
-  ``sum w`` (:func:`course_lib.methods.masked_losses.masked_bce_dice`),
+  ``sum w`` (:func:`course_lib.losses.masked_bce_dice`),
 
 and :func:`per_structure_dice` compares them on fully labelled test images. See
-:mod:`course_lib.methods.masked_losses` for the maths and the references (Liu et al.,
+:mod:`course_lib.losses` for the maths and the references (Liu et al.,
 "CLIP-Driven Universal Model", ICCV 2023).
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from course_lib import runtime
-from course_lib.methods import masked_losses as ml
+from course_lib import losses as ml
 from course_lib.train import optimizer_step
 
 runtime.register_section(

@@ -1,5 +1,20 @@
-"""Losses for training one segmentation model on an *assembly of partially labelled datasets*.
+"""Every loss of the course, in one module: soft Dice, BCE/CE + Dice, the masked losses for
+partially labelled data, and the symmetric InfoNCE of CLIP. Used by every training loop (notebooks 01-11).
 
+Segmentation losses
+-------------------
+:func:`dice_loss` is the one soft-Dice implementation (MONAI's :class:`monai.losses.DiceLoss`
+underneath, Milletari et al., "V-Net", 3DV 2016, eq. 1)::
+
+    Dice loss = 1 - (2 sum_i p_i g_i + s) / (sum_i p_i + sum_i g_i + s)
+
+with ``p = sigmoid(logits)`` (binary / multi-label) or ``softmax(logits)`` (multi-class), per sample
+and channel (``batch=False``) or with the sums taken over the whole batch (``batch=True``), and a
+smoothing ``s`` (``smooth``). :func:`bce_dice_loss` and :func:`dice_ce_loss` add the pixel-wise
+cross-entropy term.
+
+Partially labelled datasets (notebook 08)
+-----------------------------------------
 Setting: K structures; dataset A annotates the kidneys, dataset B the spleen, dataset C the
 liver, ... Each sample n carries a label-availability vector ``w_n in {0, 1}^K`` (``w_nk = 1``
 when structure k was annotated in the dataset the sample comes from). A pixel of an
@@ -21,10 +36,12 @@ unannotated structure is *unknown*, not background.
 
 References: J. Liu, Y. Zhang, J.-N. Chen, J. Xiao, Y. Lu, B. A. Landman, Y. Yuan, A. Yuille,
 Y. Tang, Z. Zhou, "CLIP-Driven Universal Model for Organ Segmentation and Tumor Detection",
-ICCV 2023 (Sec. 3.1-3.3: sigmoid heads and masked BCE + Dice over the annotated classes only);
-X. Zhang et al. / Y. Zhou et al. (marginal and exclusion losses for partial labels) motivate the
-same point. The Dice term is MONAI's :class:`monai.losses.DiceLoss` evaluated per sample and
-channel (``reduction="none"``) and then masked.
+ICCV 2023 (Sec. 3.1-3.3: sigmoid heads and masked BCE + Dice over the annotated classes only).
+
+Contrastive loss (notebooks 01, 09)
+-----------------------------------
+:func:`info_nce`: the symmetric InfoNCE of CLIP (Radford et al., ICML 2021, Fig. 3; van den Oord
+et al., 2018, eq. 4) on L2-normalised paired embeddings.
 """
 from __future__ import annotations
 
@@ -32,6 +49,76 @@ import torch
 import torch.nn.functional as F
 
 
+# --------------------------------------------------------------------------- soft Dice and friends
+# region: dice-loss
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, *, multiclass: bool = False, batch: bool = False,
+              smooth: float = 1.0, include_background: bool = True, reduction: str = "mean") -> torch.Tensor:
+    """Soft Dice loss from ``logits`` (module docstring).
+
+    * binary / multi-label (``multiclass=False``): ``logits`` and ``target`` ``(B, K, H, W)`` or
+      ``(B, H, W)``; sigmoid per channel; ``target`` binary.
+    * multi-class (``multiclass=True``): ``logits`` ``(B, C, H, W)``, ``target`` integer labels
+      ``(B, H, W)``; softmax over channels; ``include_background=False`` drops channel 0.
+    * ``batch=True`` sums over the batch before the ratio (one Dice per channel); ``reduction``
+      ``"mean"`` or ``"none"`` (then ``(B, K)``, or ``(K,)`` with ``batch=True``).
+    """
+    from monai.losses import DiceLoss
+
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    if multiclass:
+        if target.ndim != logits.ndim - 1:
+            raise ValueError(f"multi-class Dice needs integer labels (B, H, W) for logits (B, C, H, W); got "
+                             f"{tuple(target.shape)} for {tuple(logits.shape)}")
+        fn = DiceLoss(softmax=True, to_onehot_y=True, include_background=include_background, batch=batch,
+                      smooth_nr=smooth, smooth_dr=smooth, reduction="none")
+        loss = fn(logits, target[:, None].long())
+    else:
+        squeeze = logits.ndim == 3
+        lg = logits[:, None] if squeeze else logits
+        tg = target[:, None] if target.ndim == 3 else target
+        if tg.shape != lg.shape:
+            raise ValueError(f"target shape {tuple(target.shape)} differs from logits shape {tuple(logits.shape)}; "
+                             f"give one binary mask per output channel")
+        fn = DiceLoss(sigmoid=True, batch=batch, smooth_nr=smooth, smooth_dr=smooth, reduction="none")
+        loss = fn(lg, tg.to(lg.dtype))
+    loss = loss.reshape(loss.shape[:2]) if not batch else loss.reshape(-1)
+    return loss.mean() if reduction == "mean" else loss
+# endregion
+
+
+def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, dice_weight: float = 1.0, bce_weight: float = 1.0,
+                  batch: bool = False, smooth: float = 1.0) -> torch.Tensor:
+    """``bce_weight * mean BCE + dice_weight * soft Dice`` for binary / multi-label logits."""
+    bce = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
+    return bce_weight * bce + dice_weight * dice_loss(logits, target, batch=batch, smooth=smooth)
+
+
+def dice_ce_loss(logits: torch.Tensor, labels: torch.Tensor, *, batch: bool = True, smooth: float = 1.0) -> torch.Tensor:
+    """Multi-class cross-entropy + soft Dice over the foreground classes (labels ``(B, H, W)``)."""
+    ce = F.cross_entropy(logits, labels)
+    return ce + dice_loss(logits, labels, multiclass=True, batch=batch, smooth=smooth, include_background=False)
+
+
+# --------------------------------------------------------------------------- contrastive
+# region: info-nce
+def info_nce(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float,
+             return_logits: bool = False):
+    """Symmetric InfoNCE of CLIP. Features must be L2-normalised ``(N, D)`` pairs (row i of each is a
+    positive pair); ``logit_scale`` is ``1/tau`` (already exponentiated)."""
+    if image_features.shape != text_features.shape or image_features.ndim != 2:
+        raise ValueError(
+            f"image and text features must both be (N, D) with matching pairs in the same rows; got "
+            f"{tuple(image_features.shape)} and {tuple(text_features.shape)}"
+        )
+    logits = logit_scale * image_features @ text_features.T
+    target = torch.arange(len(logits), device=logits.device)
+    loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    return (loss, logits) if return_logits else loss
+# endregion
+
+
+# --------------------------------------------------------------------------- partial labels
 def check_partial_inputs(logits: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> None:
     """Shapes: ``logits``/``target`` ``(B, K, H, W)``, ``w`` ``(B, K)`` with values in ``[0, 1]``."""
     for name, t in (("logits", logits), ("target", target), ("w", w)):
@@ -61,11 +148,8 @@ def per_channel_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def per_channel_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
-    """``(B, K)``: soft Dice loss of each sample and channel (MONAI ``DiceLoss``, sigmoid, no reduction)."""
-    from monai.losses import DiceLoss
-
-    loss = DiceLoss(sigmoid=True, reduction="none", smooth_nr=smooth, smooth_dr=smooth)(logits, target.to(logits.dtype))
-    return loss.reshape(logits.shape[0], logits.shape[1])
+    """``(B, K)``: soft Dice loss of each sample and channel (:func:`dice_loss`, ``reduction="none"``)."""
+    return dice_loss(logits, target, smooth=smooth, reduction="none")
 
 
 def masked_mean(per_channel: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -95,11 +179,7 @@ def masked_bce_dice(logits, target, w, dice_weight: float = 1.0, smooth: float =
 
 def plain_bce_dice(logits, target, dice_weight: float = 1.0, smooth: float = 1e-5):
     """The unmasked loss (mean BCE over all pixels + mean soft Dice over samples and channels)."""
-    from monai.losses import DiceLoss
-
-    bce = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
-    dice = DiceLoss(sigmoid=True, reduction="mean", smooth_nr=smooth, smooth_dr=smooth)(logits, target.to(logits.dtype))
-    return bce + dice_weight * dice
+    return bce_dice_loss(logits, target, dice_weight=dice_weight, smooth=smooth)
 
 
 def partial_to_softmax_target(target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -129,9 +209,6 @@ def naive_softmax_ce(logits: torch.Tensor, target: torch.Tensor, w: torch.Tensor
 def naive_softmax_ce_dice(logits: torch.Tensor, target: torch.Tensor, w: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
     """Variant (a) as usually trained (nnU-Net style): softmax CE + soft Dice over the K foreground
     classes, both against the naive target in which unannotated structures are background."""
-    from monai.losses import DiceLoss
-
     ce = naive_softmax_ce(logits, target, w)
-    lab = partial_to_softmax_target(target, w)[:, None]
-    dice = DiceLoss(softmax=True, to_onehot_y=True, include_background=False, smooth_nr=1e-5, smooth_dr=1e-5)(logits, lab)
-    return ce + dice_weight * dice
+    lab = partial_to_softmax_target(target, w)
+    return ce + dice_weight * dice_loss(logits, lab, multiclass=True, include_background=False, smooth=1e-5)
