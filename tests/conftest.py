@@ -48,3 +48,29 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Tests write caches under a temporary COURSE_CACHE, never the user's."""
     monkeypatch.setenv("COURSE_CACHE", str(tmp_path_factory.getbasetemp() / "course_cache"))
     yield
+
+
+# --------------------------------------------------------------------------- shared model fixtures
+def make_tiny_vit(layers: int = 2, width: int = 32, heads: int = 4, image_size: int = 32, patch_size: int = 8,
+                  output_dim: int = 16, seed: int = 0):
+    """A small open_clip ``VisionTransformer`` (same module names as ViT-B/16), random weights, eval mode."""
+    import torch
+    from open_clip.transformer import VisionTransformer
+
+    torch.manual_seed(seed)
+    return VisionTransformer(image_size=image_size, patch_size=patch_size, width=width, layers=layers, heads=heads,
+                             mlp_ratio=2.0, output_dim=output_dim).eval()
+
+
+@pytest.fixture
+def tiny_vit():
+    """Factory fixture: ``tiny_vit(layers=3, width=32, ...)`` -> open_clip VisionTransformer (random weights)."""
+    return make_tiny_vit
+
+
+@pytest.fixture
+def tiny_clip():
+    """The course's sonoclip-tiny architecture with random weights (seed 0), eval mode."""
+    from course_lib.models import build_sonoclip_tiny
+
+    return build_sonoclip_tiny(seed=0).eval()
