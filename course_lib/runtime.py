@@ -38,6 +38,10 @@ from typing import Any
 import numpy as np
 
 PROFILE_NAMES = ("quick", "full")
+#: largest square image side a profile may ask for (a 2048 px batch of 64 RGB images is already 3 GiB)
+MAX_IMAGE_SIZE = 2048
+#: accepted values of COURSE_DEVICE
+DEVICE_CHOICES = ("cpu", "cuda", "cuda:N", "mps")
 
 #: package root and repository root (when running from a checkout)
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -64,8 +68,30 @@ class Profile:
     num_workers: int
     pin_memory: bool
     max_real: int  # cap on real images loaded per dataset (0 = no cap)
+    threads: int = 1  # torch CPU threads fixed by setup() (0 = leave torch's default); COURSE_THREADS overrides
     seed: int = 0
     _sections: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        def positive_int(name, lo=1, hi=None):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
+                rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+                raise ValueError(f"profile {self.name!r}: {name} must be an integer {rng}, got {v!r}; "
+                                 f"e.g. P.with_({name}={_BASE['quick'].get(name, lo)})")
+
+        for name, hi in (("image_size", MAX_IMAGE_SIZE), ("clip_image_size", MAX_IMAGE_SIZE), ("n_train", None),
+                         ("n_val", None), ("n_test", None), ("epochs", 10_000), ("batch_size", 65_536)):
+            positive_int(name, 8 if "image" in name else 1, hi)
+        positive_int("num_workers", 0, 256)
+        positive_int("max_real", 0)
+        positive_int("threads", 0, 1024)
+        if not (isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool) and 0 < self.lr < 10):
+            raise ValueError(f"profile {self.name!r}: lr must be a number in (0, 10), got {self.lr!r}")
+        if not self.seeds or not all(isinstance(s, (int, np.integer)) and s >= 0 for s in self.seeds):
+            raise ValueError(f"profile {self.name!r}: seeds must be a non-empty tuple of integers >= 0, got {self.seeds!r}")
+        if not self.shots or not all(isinstance(k, (int, np.integer)) and k >= 1 for k in self.shots):
+            raise ValueError(f"profile {self.name!r}: shots must be a non-empty tuple of integers >= 1, got {self.shots!r}")
 
     def section(self, name: str) -> SimpleNamespace:
         """Sizes registered by a method module under ``name`` for this profile."""
@@ -101,6 +127,7 @@ _BASE = {
         num_workers=0,
         pin_memory=False,
         max_real=160,
+        threads=1,
     ),
     "full": dict(
         image_size=224,
@@ -117,6 +144,7 @@ _BASE = {
         num_workers=4,
         pin_memory=True,
         max_real=0,
+        threads=0,
     ),
 }
 
@@ -149,13 +177,26 @@ def profile_name_from_env() -> str:
 
 def get_profile(name: str | None = None) -> Profile:
     """Return the active :class:`Profile` (see module docstring for the rules)."""
+    from_env = name is None
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"profile name must be a string ('quick' or 'full'), got {type(name).__name__}")
     name = (name or profile_name_from_env()).strip().lower()
     if name not in PROFILE_NAMES:
+        where = f"COURSE_PROFILE={os.environ.get('COURSE_PROFILE')!r}" if from_env else f"name={name!r}"
         raise ValueError(
-            f"unknown profile {name!r}: choose one of {PROFILE_NAMES} "
+            f"unknown profile {name!r} (from {where}): choose one of {PROFILE_NAMES} "
             f"(set COURSE_PROFILE=quick or COURSE_PROFILE=full, or pass name=...)"
         )
-    return Profile(name=name, **_BASE[name])
+    base = dict(_BASE[name])
+    env_threads = os.environ.get("COURSE_THREADS", "").strip()
+    if env_threads:
+        try:
+            base["threads"] = int(env_threads)
+        except ValueError:
+            raise ValueError(f"COURSE_THREADS must be an integer >= 0 (0 = torch's default), got {env_threads!r}") from None
+        if base["threads"] < 0:
+            raise ValueError(f"COURSE_THREADS must be an integer >= 0 (0 = torch's default), got {env_threads!r}")
+    return Profile(name=name, **base)
 
 
 # --------------------------------------------------------------------------- device / AMP
@@ -175,16 +216,28 @@ def get_device(prefer: str | None = None):
     """
     import torch
 
-    prefer = prefer or os.environ.get("COURSE_DEVICE") or None
+    source = "prefer" if prefer else "COURSE_DEVICE"
+    prefer = prefer or os.environ.get("COURSE_DEVICE", "").strip() or None
     if prefer:
-        dev = torch.device(prefer)
+        import re
+
+        ok = isinstance(prefer, torch.device) or (
+            isinstance(prefer, str) and re.fullmatch(r"cpu|mps|cuda(:\d+)?", prefer.strip().lower()))
+        if not ok:
+            raise ValueError(f"unknown device {prefer!r} (from {source}): use one of {DEVICE_CHOICES}, "
+                             f"e.g. COURSE_DEVICE=cuda or COURSE_DEVICE=cpu, or unset COURSE_DEVICE to pick the best")
+        dev = torch.device(prefer.strip().lower() if isinstance(prefer, str) else prefer)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(
-                f"device {prefer!r} was requested but CUDA is not available here; "
-                f"unset COURSE_DEVICE or use 'cpu'"
+                f"device {str(dev)!r} was requested ({source}) but CUDA is not available here; "
+                f"unset COURSE_DEVICE or set COURSE_DEVICE=cpu"
             )
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RuntimeError(f"device {str(dev)!r} was requested ({source}) but only {torch.cuda.device_count()} "
+                               f"GPU(s) exist; use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
         if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise RuntimeError(f"device {prefer!r} was requested but MPS is not available; use 'cpu'")
+            raise RuntimeError(f"device 'mps' was requested ({source}) but MPS is not available; "
+                               f"set COURSE_DEVICE=cpu or unset it")
         return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -244,9 +297,20 @@ def seed_everything(seed: int = 0, deterministic: bool = False) -> int:
 # --------------------------------------------------------------------------- folders
 def cache_dir(*parts: str) -> Path:
     """``$COURSE_CACHE`` (default ``~/.cache/course_lib``), created, joined with ``parts``."""
-    root = Path(os.environ.get("COURSE_CACHE") or Path.home() / ".cache" / "course_lib").expanduser()
+    env = os.environ.get("COURSE_CACHE", "").strip()
+    root = Path(env or Path.home() / ".cache" / "course_lib").expanduser()
     path = root.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        src = f"COURSE_CACHE={env!r}" if env else "the default cache (~/.cache/course_lib; COURSE_CACHE unset)"
+        raise PermissionError(
+            f"cannot create the cache folder {path} ({e.strerror or e}); it comes from {src}. Set COURSE_CACHE to a "
+            f"writable folder, e.g. export COURSE_CACHE=/tmp/course_cache") from None
+    if not os.access(path, os.W_OK):
+        src = f"COURSE_CACHE={env!r}" if env else "the default cache (~/.cache/course_lib; COURSE_CACHE unset)"
+        raise PermissionError(f"the cache folder {path} is not writable (from {src}); set COURSE_CACHE to a writable "
+                              f"folder, e.g. export COURSE_CACHE=/tmp/course_cache")
     return path
 
 
@@ -367,7 +431,7 @@ def summary(profile: Profile | None = None, print_: bool = True) -> str:
     }
     lines = [
         f"profile   : {profile.name} (image {profile.image_size}px, {profile.epochs} epochs, "
-        f"batch {profile.batch_size}, seeds {list(profile.seeds)})",
+        f"batch {profile.batch_size}, seeds {list(profile.seeds)}, torch threads {torch.get_num_threads()})",
         f"device    : {dev.type} ({gpu}), AMP {str(amp).replace('torch.', '') if amp else 'off'}",
         f"versions  : python {platform.python_version()}, torch {torch.__version__}, CUDA {cuda}",
         f"backbone  : {profile.backbone}",
@@ -381,9 +445,24 @@ def summary(profile: Profile | None = None, print_: bool = True) -> str:
     return text
 
 
+def set_threads(n: int) -> int:
+    """Fix torch's intra-op CPU threads to ``n`` (0 = leave torch's default); returns the number in use.
+
+    Results of the quick profile do not depend on the box: reductions are summed in a thread-count
+    dependent order, so the same seed can give (slightly) different numbers with 1 or 2 threads.
+    """
+    import torch
+
+    if n:
+        torch.set_num_threads(int(n))
+    return torch.get_num_threads()
+
+
 def setup(profile: str | None = None, seed: int = 0, quiet: bool = False) -> Profile:
-    """Notebook entry point: pick the profile, seed everything, print the summary."""
+    """Notebook entry point: pick the profile, fix the torch thread count (``P.threads``), seed
+    everything, print the summary."""
     P = get_profile(profile)
+    set_threads(P.threads)
     seed_everything(seed)
     if not quiet:
         summary(P)

@@ -154,7 +154,82 @@ def test_summary_is_short_and_complete():
         assert word in text
 
 
-def test_timer():
+def test_timer_measures_the_block():
+    import time
+
     with runtime.Timer() as t:
-        sum(range(1000))
-    assert t.seconds >= 0
+        time.sleep(0.05)
+    assert 0.04 <= t.seconds < 5
+
+
+# --------------------------------------------------------------------------- bad input (issue 19)
+@pytest.mark.parametrize("changes, match", [
+    (dict(batch_size=0), "batch_size must be an integer"),
+    (dict(epochs=-1), "epochs must be an integer"),
+    (dict(image_size=100_000), "image_size must be an integer in"),
+    (dict(image_size=4), "image_size must be an integer in"),
+    (dict(n_train=2.5), "n_train must be an integer"),
+    (dict(lr=float("nan")), "lr must be a number"),
+    (dict(seeds=()), "seeds must be a non-empty"),
+    (dict(shots=(0, 1)), "shots must be a non-empty"),
+    (dict(threads=-1), "threads must be an integer"),
+])
+def test_profile_rejects_bad_sizes(changes, match):
+    P = runtime.get_profile("quick")
+    with pytest.raises(ValueError, match=match):
+        P.with_(**changes)
+
+
+def test_bad_profile_env_names_the_variable(monkeypatch):
+    monkeypatch.setenv("COURSE_PROFILE", "fast")
+    with pytest.raises(ValueError, match="COURSE_PROFILE='fast'.*quick"):
+        runtime.get_profile()
+    monkeypatch.setenv("COURSE_PROFILE", "quick")
+    monkeypatch.setenv("COURSE_THREADS", "two")
+    with pytest.raises(ValueError, match="COURSE_THREADS must be an integer"):
+        runtime.get_profile()
+    monkeypatch.setenv("COURSE_THREADS", "2")
+    assert runtime.get_profile().threads == 2
+
+
+@pytest.mark.parametrize("value", ["gpu", "cuda0", "tpu", "cpu:x"])
+def test_bad_course_device_names_the_variable_and_choices(monkeypatch, value):
+    monkeypatch.setenv("COURSE_DEVICE", value)
+    with pytest.raises(ValueError, match=r"COURSE_DEVICE.*cpu.*cuda"):
+        runtime.get_device()
+
+
+def test_cuda_requested_without_cuda_is_a_clear_error(monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    monkeypatch.setenv("COURSE_DEVICE", "cuda")
+    with pytest.raises(RuntimeError, match="CUDA is not available.*COURSE_DEVICE"):
+        runtime.get_device()
+    monkeypatch.delenv("COURSE_DEVICE")
+    with pytest.raises(RuntimeError, match="prefer"):
+        runtime.get_device("cuda:0")
+
+
+def test_unwritable_cache_names_course_cache(monkeypatch, tmp_path):
+    ro = tmp_path / "ro"
+    ro.write_text("a file, not a folder")
+    monkeypatch.setenv("COURSE_CACHE", str(ro))
+    with pytest.raises(PermissionError, match="COURSE_CACHE"):
+        runtime.cache_dir("features")
+
+
+def test_setup_fixes_the_thread_count(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("COURSE_THREADS", "2")
+        P = runtime.setup("quick", quiet=True)
+        assert P.threads == 2 and torch.get_num_threads() == 2
+        monkeypatch.delenv("COURSE_THREADS")
+        runtime.setup("quick", quiet=True)
+        assert torch.get_num_threads() == 1  # the quick profile's default
+    finally:
+        torch.set_num_threads(before)
