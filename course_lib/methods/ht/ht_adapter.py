@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .frequency_filters import FILTER_KINDS, make_filter
+from .filters import FILTER_KINDS, make_filter
 from .mona import TokenAdapter
 
 __all__ = ["HTAdapter", "NoiseEstimator", "VARIANTS"]

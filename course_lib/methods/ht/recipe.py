@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import runtime
-from ..train import optimizer_step
+from ... import runtime
+from ...train import optimizer_step
 from .heads import ClassificationHead, MultiLevelAggregation, SegmentationHead, aggregation_blocks
-from .hybrid_tuning import VARIANTS, HTAdapter
+from .ht_adapter import VARIANTS, HTAdapter
 from .mona import Mona
 
 __all__ = [
