@@ -1,4 +1,5 @@
 """Throughput of SonoSynth image generation (images/s) at 64 and 128 px.
+Quoted in README.md and data_cards/sonosynth.md; notebook 00 times a small batch itself.
 
 Run from the repository root::
 
@@ -42,7 +43,7 @@ def main() -> None:
     args = ap.parse_args()
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
     print(f"SonoSynth benchmark | python {platform.python_version()} | {os.cpu_count()} CPUs | "
-          f"{ss._threads()} generator thread(s) | load avg {load[0]:.2f}")
+          f"{ss.num_threads()} generator thread(s) | load avg {load[0]:.2f}")
     for size in args.sizes:
         n = args.n or max(200, int(4000 * (64 / size) ** 2))
         ips, per_cpu = bench(n, size, args.repeats)

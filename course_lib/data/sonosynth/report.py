@@ -1,11 +1,13 @@
-"""Free-text reports for SonoSynth: several phrasings per attribute, random order and omissions.
+"""SonoSynth's free-text reports (several phrasings per concept, random order and omissions) and
+``report_concepts``, which parses a report back. Used by notebooks 01-02 (pretraining corpus, concept frequency).
 
 Each *concept* (an attribute of the lesion, its location, the overall impression) is written with
 one of several phrasings; whether a concept appears at all is decided by ``concept_freq``
 (probability per concept), so a notebook can control how often, e.g., "calcifications" appears in a
 pretraining corpus. :func:`report_concepts` parses a report back into the concepts it mentions;
 the vocabulary below is designed so that every phrasing of a value is recognised by exactly one
-pattern (tested in ``tests/test_sonosynth.py``).
+pattern (tested in ``tests/data/test_sonosynth.py``). Public path: ``course_lib.data.sonosynth.report``
+(``report_concepts`` is also re-exported by the package).
 """
 from __future__ import annotations
 

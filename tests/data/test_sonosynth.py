@@ -6,6 +6,8 @@ import pytest
 
 from course_lib.data import common
 from course_lib.data import sonosynth as ss
+from course_lib.data.sonosynth import rng
+from course_lib.data.sonosynth.geometry import _probe_geometry
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +110,7 @@ def test_measurement_tracks_size_attribute():
 def test_sector_probe_is_zero_outside_fan():
     b = ss.generate_batch(6, seed=0, image_size=32, anatomies=["abdomen"])
     assert set(b["probe"]) == {"sector"}
-    inside = ss._probe_geometry("sector", 32)["conv"]["inside"].reshape(32, 32)
+    inside = _probe_geometry("sector", 32)["conv"]["inside"].reshape(32, 32)
     assert (~inside).sum() > 50
     assert (b["image"][:, ~inside] == 0).all() and (b["label_map"][:, ~inside] == 0).all()
     assert (b["image"][:, inside] > 0).mean() > 0.9
@@ -300,3 +302,49 @@ def test_non_positive_counts_raise(n):
         ss.generate(n)
     with pytest.raises(ValueError, match="positive integer"):
         ss.make_dataset(n)
+
+
+# ----------------------------------------------------------------------------- named column layout
+def test_named_columns_fit_the_layout_and_do_not_collide():
+    shared = {int(c) for c in rng.Col}
+    assert shared == set(range(rng.N_SHARED))  # every shared column 0..27 has a name
+    # the two documented re-uses are aliases of the same draw, not separate columns
+    assert rng.Col.IRREGULAR_AMPLITUDE is rng.Col.PHASE_3 and rng.Col.ANGULAR_OFFSET is rng.Col.PHASE_4
+    calc = set(range(rng.CALC_RADIUS.start, rng.CALC_ANGLE.stop))
+    assert rng.CALC_RADIUS.stop == rng.CALC_ANGLE.start and rng.MAX_CALCIFICATIONS == 12
+    for anatomy, cols in rng.SCENE_COLUMNS.items():
+        values = [int(c) for c in cols]
+        assert len(values) == len(set(values)), f"{anatomy}: two names share a column"
+        assert min(values) >= rng.N_SHARED and max(values) < rng.N_SCENE, anatomy
+        assert not set(values) & calc, f"{anatomy}: scene column inside the calcification block"
+    assert set(rng.SCENE_COLUMNS) == set(ss.ANATOMIES)
+    assert list(rng.ATTRIBUTE_COLUMNS) == [k for k in ss.ATTRIBUTES if k != "size_mm"]
+    assert rng.TEXTURE.stop == rng.N_UNIFORMS < rng.NOISE_SLOT
+
+
+def test_named_columns_drive_what_they_name():
+    # Breast.HAS_RIB: a rib (label "rib") is present iff the column's uniform is < 0.5
+    key = rng.sample_key(0)
+    idx = np.arange(40, dtype=np.uint64)
+    P = rng.uniforms(key, idx, rng.N_UNIFORMS, 0)[:, rng.SCENE]
+    b = ss.generate_batch(40, seed=0, image_size=64, anatomies=["breast"])
+    has_rib = np.array([(lm == ss.structure_id("rib")).any() for lm in b["label_map"]])
+    np.testing.assert_array_equal(has_rib, P[:, rng.Breast.HAS_RIB] < 0.5)
+    # Col.LABEL_NOISE: with label_noise=0.5 exactly the samples whose column is < 0.5 are flipped
+    noisy = ss.generate_batch(40, seed=0, image_size=32, anatomies=["breast"], label_noise=0.5)
+    rule = np.array([ss.CLASS_NAMES.index(a["rule_label"]) for a in noisy["attributes"]])
+    np.testing.assert_array_equal(noisy["label"] != rule, P[:, rng.Col.LABEL_NOISE] < 0.5)
+
+
+def test_num_threads_setting_does_not_change_output(monkeypatch):
+    monkeypatch.delenv("SONOSYNTH_THREADS", raising=False)
+    monkeypatch.setattr(ss, "NUM_THREADS", 1)
+    assert ss.num_threads() == 1
+    one = ss.generate_batch(260, seed=4, image_size=32)
+    monkeypatch.setattr(ss, "NUM_THREADS", 2)
+    assert ss.num_threads() == 2
+    two = ss.generate_batch(260, seed=4, image_size=32)
+    np.testing.assert_array_equal(one["image"], two["image"])
+    monkeypatch.setenv("SONOSYNTH_THREADS", "two")
+    with pytest.raises(ValueError, match="SONOSYNTH_THREADS"):
+        ss.num_threads()
