@@ -89,54 +89,6 @@ def test_bad_inputs_have_clear_errors():
         ml.masked_bce(logits.detach().numpy(), target, torch.ones(2, 3))
 
 
-# ----------------------------------------------------------------------------- partial-label assembly
-from course_lib.methods import partial_labels as pl
-
-
-def _samples(n=6, H=16):
-    out = []
-    for i in range(n):
-        lm = np.zeros((H, H), np.uint8)
-        lm[:4] = 1  # liver
-        lm[8:12, :4] = 2  # kidney
-        out.append(dict(image=np.full((H, H), i / n, np.float32), label_map=lm, structures=("background", "liver", "kidney"), id=f"s{i}"))
-    return out
-
-
-def test_assemble_hides_unlabelled_structures_and_sets_w():
-    data = pl.assemble(_samples(), ("liver", "kidney"), {"A": ("kidney",), "C": ("liver",)}, seed=0)
-    assert data.w.shape == (6, 2) and data.full_targets.shape == (6, 2, 16, 16)
-    for i in range(6):
-        expected = [0.0, 1.0] if data.dataset[i] == "A" else [1.0, 0.0]
-        assert data.w[i].tolist() == expected
-        assert data.full_targets[i].sum() > 0 and data.targets[i, data.w[i] == 0].sum() == 0
-    assert (data.dataset == "A").sum() == 3
-    assert data.table().loc["A", "kidney"] == "yes" and data.table().loc["A", "liver"] == "-"
-    with pytest.raises(ValueError, match="not among structures"):
-        pl.assemble(_samples(), ("liver",), {"A": ("spleen",)})
-    with pytest.raises(ValueError, match="has no structure"):
-        pl.one_hot_structures(_samples(1), ("spleen",))
-
-
-def test_partial_nets_have_k_or_k_plus_1_outputs_and_train():
-    data = pl.assemble(_samples(4), ("liver", "kidney"), {"A": ("kidney",), "C": ("liver",)})
-    for mode, k in (("naive", 3), ("masked", 2)):
-        net, losses = pl.train_partial(data, mode, steps=2, batch_size=2, features=(4, 8), progress=False, device="cpu")
-        assert net(torch.zeros(1, 1, 16, 16)).shape == (1, k, 16, 16) and np.isfinite(losses).all()
-        assert pl.predict_partial(net, data.images, mode).shape == (4, 2, 16, 16)
-    with pytest.raises(ValueError, match="mode must be"):
-        pl.build_net("softmax", 2)
-
-
-def test_per_structure_dice_only_counts_images_with_the_structure():
-    t = np.zeros((2, 1, 4, 4), np.float32)
-    t[0, 0, :2] = 1
-    p = np.zeros((2, 1, 4, 4), bool)
-    p[0, 0, :1] = True
-    p[1, 0] = True  # false positives on an image without the structure are not counted here
-    assert pl.per_structure_dice(p, t, ("x",)) == pytest.approx({"x": 2 * 4 / (4 + 8)})
-
-
 def test_naive_ce_dice_uses_the_naive_target():
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(2, 3, 8, 8, generator=g)

@@ -1,4 +1,5 @@
-"""Binary segmentation *tasks* for in-context learning (UniverSeg, notebook 06).
+"""Binary segmentation *tasks* for in-context learning: SonoSynth (anatomy, structure, center) tasks with
+held-out structure types, BUSI and HC18 as real tasks (UniverSeg, notebook 06; benchmarks/eval_universeg.py).
 
 A task is a set of (image, binary label) pairs that share one meaning: "segment the
 kidney in abdominal scans from center B". SonoSynth gives many of them, one per

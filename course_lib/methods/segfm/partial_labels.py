@@ -1,4 +1,5 @@
-"""Training one multi-organ segmenter on an assembly of *partially labelled* datasets (notebook 07).
+"""Training one multi-organ segmenter on an assembly of *partially labelled* datasets: the assembly,
+the naive-softmax and masked-sigmoid UNets, their training and per-structure scoring (notebook 08).
 
 Public datasets rarely label the same structures: one labels the kidneys, another the
 spleen, a third the liver. :func:`assemble` builds such an assembly from fully labelled
@@ -26,9 +27,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from course_lib import runtime
 from course_lib import losses as ml
-from course_lib.train import optimizer_step
+from course_lib import metrics, runtime
+from course_lib.train import fit
 
 runtime.register_section(
     "partial_labels",
@@ -145,8 +146,6 @@ def train_partial(
 
     Returns ``(net, losses)``. Only ``data.targets`` (hidden labels zeroed) and ``data.w`` are used.
     """
-    from tqdm.auto import tqdm
-
     device = torch.device(device) if device is not None else runtime.get_device()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -157,22 +156,24 @@ def train_partial(
     X = torch.as_tensor(data.images, device=device)[:, None]
     T = torch.as_tensor(data.targets, device=device)
     Wt = torch.as_tensor(data.w, device=device)
-    losses = []
-    net.train()
-    for _ in tqdm(range(steps), desc=f"train ({mode})", disable=not progress):
+
+    def batch(step):
         idx = torch.as_tensor(rng.choice(len(X), size=batch_size, replace=len(X) < batch_size), device=device)
         x, t, w = X[idx], T[idx], Wt[idx]
         # light intensity augmentation (no flips: left/right structures must keep their side)
         a = torch.empty(len(x), 1, 1, 1, device=device).uniform_(0.85, 1.15)
-        x = ((x - 0.5) * a + 0.5).clamp(0, 1)
-        with runtime.autocast(device):
-            logits = net(x)
-        logits = logits.float()
-        loss = ml.naive_softmax_ce_dice(logits, t, w) if mode == "naive" else ml.masked_bce_dice(logits, t, w)
-        optimizer_step(loss, opt, scheduler=sched)
-        losses.append(loss.item())
+        return ((x - 0.5) * a + 0.5).clamp(0, 1), t, w
+
+    loss_fn = ml.naive_softmax_ce_dice if mode == "naive" else ml.masked_bce_dice
+
+    def forward(model, b):
+        x, t, w = b
+        return loss_fn(model(x).float(), t, w)
+
+    hist = fit(net, batch, forward=forward, steps=steps, optimizer=opt, scheduler=sched, device=device,
+               progress=progress, desc=f"train ({mode})")
     net.eval()
-    return net, losses
+    return net, hist["step_loss"]
 
 
 @torch.no_grad()
@@ -193,16 +194,11 @@ def predict_partial(net, images: np.ndarray, mode: str, batch_size: int = 64) ->
 
 
 def per_structure_dice(pred: np.ndarray, target: np.ndarray, structures: Sequence[str]) -> dict:
-    """Mean Dice per structure over the images where that structure is present in ``target``."""
+    """Mean Dice (:func:`course_lib.metrics.dice`) per structure over the images where that structure is
+    present in ``target``."""
     out = {}
     for k, name in enumerate(structures):
         t = target[:, k] > 0.5
         present = t.reshape(len(t), -1).any(1)
-        if not present.any():
-            out[name] = float("nan")
-            continue
-        p = pred[present, k].reshape(int(present.sum()), -1)
-        tt = t[present].reshape(int(present.sum()), -1)
-        inter = (p & tt).sum(1)
-        out[name] = float((2 * inter / (p.sum(1) + tt.sum(1))).mean())
+        out[name] = float(metrics.dice(pred[present, k], t[present]).mean()) if present.any() else float("nan")
     return out
