@@ -1,4 +1,5 @@
-"""Frequency filters for the HT adapter: the paper's channel-wise Θ and a frequency-dependent one.
+"""Frequency filters for the HT adapter: the paper's channel-wise Θ (eq. 2) and a frequency-dependent one.
+Used by notebook 09 (§3, the filter experiment) and by :mod:`course_lib.methods.ht.ht_adapter`.
 
 HT (Qu et al., "Adapting Vision-Language Foundation Model for Next Generation Medical Ultrasound
 Image Analysis", arXiv:2506.08849) filters the adapter's feature map in the Fourier domain,
@@ -15,7 +16,7 @@ i.e. eq. (2) with Θ ∈ R^d is *exactly* a per-channel scaling (a diagonal 1×1
 multiplies every spatial frequency of a channel by the same number, so it cannot single out the
 frequency of a periodic artifact (the horizontal reverberation bands of ultrasound).
 :class:`ChannelFilter` implements eq. (2) literally (FFT, multiply, inverse FFT) so the identity can
-be checked numerically (``tests/test_hybrid_tuning.py`` does, to 1e-5).
+be checked numerically (``tests/methods/ht/test_filters.py`` does, to 1e-5).
 
 To filter *frequencies* Θ must depend on the frequency too. :class:`GlobalFilter` is the
 GFNet-style global filter (Rao et al., "Global Filter Networks for Image Classification",
@@ -33,6 +34,8 @@ import math
 
 import torch
 from torch import nn
+
+from ... import train
 
 __all__ = [
     "ChannelFilter",
@@ -75,12 +78,14 @@ class ChannelFilter(nn.Module):
         self.dim = dim
         self.theta = nn.Parameter(torch.ones(dim))
 
+    # region: ht-channel-filter
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_map(x, self.dim, "ChannelFilter")
         dtype = x.dtype
         spec = torch.fft.fft2(x.float(), norm="ortho")
         spec = spec * self.theta.float()[None, :, None, None]
         return torch.fft.ifft2(spec, norm="ortho").real.to(dtype)
+    # endregion
 
     def frequency_response(self, h: int, w: int) -> torch.Tensor:
         """|gain| per channel and rfft2 frequency ``(C, h, w//2+1)``: constant over frequencies."""
@@ -178,7 +183,8 @@ def band_gain(before, after, ky: int, kx: int = 0) -> dict:
 
 
 def fit_filter(filt: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, steps: int = 200, lr: float = 0.05) -> list[float]:
-    """Fit a filter (its parameters only) so that ``filt(inputs) ≈ targets`` (MSE, Adam).
+    """Fit a filter (its parameters only) so that ``filt(inputs) ≈ targets``: MSE, Adam (no weight decay,
+    constant lr), full batch, through :func:`course_lib.train.fit`.
 
     Used by notebook 09 to ask each filter to remove reverberation bands from SonoSynth images:
     ``inputs``/``targets`` are ``(B, C, H, W)``. Returns the loss history.
@@ -187,12 +193,6 @@ def fit_filter(filt: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, ste
         raise ValueError(
             f"inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)} must have the same shape"
         )
-    opt = torch.optim.Adam(filt.parameters(), lr=lr)
-    hist = []
-    for _ in range(int(steps)):
-        loss = torch.nn.functional.mse_loss(filt(inputs), targets)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        hist.append(float(loss.detach()))
-    return hist
+    hist = train.fit(filt, lambda step: (inputs, targets), torch.nn.functional.mse_loss, steps=int(steps), lr=lr,
+                     optimizer="adam", weight_decay=0.0, scheduler=None, progress=False)
+    return hist["step_loss"]

@@ -1,4 +1,5 @@
 """Multi-level feature aggregation and the segmentation / classification heads of HT.
+Used by notebook 09 (§4-§6) through :class:`course_lib.methods.ht.recipe.AdaptedViT`.
 
 Paper: Qu et al., arXiv:2506.08849 (HT), Sec. III (task heads). Patch tokens are taken from
 intermediate blocks of the ViT — blocks 3, 6 and 9 of a 12-block ViT-B/16, counted from 1 (i.e.

@@ -1,4 +1,5 @@
-"""HT: the hybrid-tuning adapter (frequency filtering + noise estimation) for CLIP ViTs.
+"""HT: the hybrid-tuning adapter (frequency filtering + noise estimation, eqs. 1-5) for CLIP ViTs.
+Used by notebook 09 (§2, §4-§7) through :mod:`course_lib.methods.ht.recipe`.
 
 Paper: Qu et al., "Adapting Vision-Language Foundation Model for Next Generation Medical Ultrasound
 Image Analysis" (HT), arXiv:2506.08849, Sec. III, eqs. (1)–(5). For tokens ``Z`` of width ``D`` on
@@ -17,13 +18,13 @@ Implementation notes (our choices, documented):
   three branches, which is the same as ``Σ α_i PW(DW_{k_i}(x))`` with tied PW weights
   (``PW`` is linear) and costs a third of the parameters.
 * ``filter="channel"`` is eq. (2) as written and the default. It equals a per-channel scaling
-  (``course_lib.methods.frequency_filters`` proves it and tests it to 1e-5); ``filter="global"``
+  (``course_lib.methods.ht.filters`` proves it and tests it to 1e-5); ``filter="global"``
   swaps in a GFNet frequency-dependent filter (needs the patch grid), ``filter="none"`` drops FF.
 * ``noise_estimator=False`` replaces α by the uniform 1/3 (no NE). The ablation switches of the
   paper's Table VII are therefore: NE only = ``HTAdapter(filter="none")``, FF only =
   ``HTAdapter(noise_estimator=False)``, full = ``HTAdapter()``; see :data:`VARIANTS`.
 * CLS token: as for Mona, only patch tokens go through (2)–(4); the CLS token takes the token-wise
-  path (1) → GELU → (5). See ``course_lib.methods.mona``.
+  path (1) → GELU → (5). See ``course_lib.methods.ht.mona``.
 * Init: ``W_up = 0, b_up = 0`` and ``Θ = 1``, so the adapter is an exact identity at init.
 """
 from __future__ import annotations
@@ -54,9 +55,11 @@ class NoiseEstimator(nn.Module):
         self.fc1 = nn.Linear(channels, hidden)
         self.fc2 = nn.Linear(hidden, n_branches)
 
+    # region: ht-noise-estimator
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
         g = fmap.mean(dim=(-2, -1))  # global average pooling over the patch grid
         return torch.softmax(self.fc2(torch.relu(self.fc1(g))), dim=-1)
+    # endregion
 
 
 class HTAdapter(TokenAdapter):
@@ -88,9 +91,11 @@ class HTAdapter(TokenAdapter):
             return f_freq.new_full((f_freq.shape[0], k), 1.0 / k)
         return self.ne(f_freq)
 
+    # region: ht-adapter-spatial
     def spatial(self, fmap: torch.Tensor) -> torch.Tensor:
         f_freq = self.freq(fmap)  # eq. (2)
         a = self.alpha(f_freq)  # eq. (3)
         self.last_alpha = a.detach()
         mixed = sum(a[:, i, None, None, None] * conv(f_freq) for i, conv in enumerate(self.dwconvs))
         return f_freq + self.pw(mixed)  # eq. (4) + residual
+    # endregion

@@ -1,4 +1,5 @@
-"""Mona: the multi-cognitive visual adapter, for a plain ViT with a CLS token.
+"""Mona: the multi-cognitive visual adapter, for a plain ViT with a CLS token, and the token/grid frame it
+shares with HT. Used by notebook 09 (§2 and the comparisons) through :mod:`course_lib.methods.ht.recipe`.
 
 Paper: Yin et al., "5%>100%: Breaking Performance Shackles of Full Fine-Tuning on Visual
 Recognition Tasks" (Mona), CVPR 2025 (arXiv:2408.08345), Sec. 3.2 and its Fig. 3. The adapter
@@ -9,7 +10,7 @@ sits on the residual stream of a transformer block and computes, for tokens ``Z`
     x   = x + PWConv_1x1(x)                              1x1 aggregation
     H   = Z + Dropout(GELU(x)) W_up + b_up               up-projection (m -> D), residual
 
-The HT adapter (``course_lib.methods.hybrid_tuning``) keeps the same input/output (its eqs. (1) and
+The HT adapter (``course_lib.methods.ht.ht_adapter``) keeps the same input/output (its eqs. (1) and
 (5)) and replaces the middle; both share :class:`TokenAdapter`.
 
 **CLS token (our documented choice).** Mona was written for Swin, which has no CLS token. In a
@@ -129,6 +130,8 @@ class Mona(TokenAdapter):
         )
         self.pw = nn.Conv2d(bottleneck, bottleneck, 1)
 
+    # region: ht-mona-spatial
     def spatial(self, fmap: torch.Tensor) -> torch.Tensor:
         x = fmap + torch.stack([conv(fmap) for conv in self.dwconvs]).mean(0)  # averaged with identity
         return x + self.pw(x)
+    # endregion

@@ -1,5 +1,5 @@
-"""Attach Mona/HT adapters (or LoRA) to a frozen open_clip ViT, add the HT heads, train with the
-paper's recipe, and run HT's first stage (image–text fine-tuning with only the adapters trainable).
+"""Attach Mona/HT adapters (or LoRA) to a frozen open_clip ViT, add the HT heads, train with the paper's
+recipe and run HT's first stage (image–text tuning, adapters only). Used by notebook 09 (via experiments.ht).
 
 Paper: Qu et al., arXiv:2506.08849 (HT), Sec. III–IV; Mona: Yin et al., CVPR 2025.
 
@@ -12,8 +12,8 @@ addition::
 
 ``positions=("attn", "mlp")`` is the default (both); either can be dropped. The block's own
 modules keep their names (``resblocks[i].attn``, ``.mlp.c_fc`` ...), the adapters live at
-``resblocks[i].adapters["attn" | "mlp"]`` and the block's ``forward`` is replaced per instance
-(:func:`detach_adapters` restores it). Because the adapter's up-projection starts at zero, the
+``resblocks[i].adapters["attn" | "mlp"]`` and the block's ``forward`` is replaced per instance by
+:func:`adapted_block_forward` (:func:`detach_adapters` restores it). Because the adapter's up-projection starts at zero, the
 adapted block computes exactly what the frozen one does at init.
 
 :func:`build_model` attaches adapters (or LoRA) only to the blocks that run, i.e. up to the
@@ -23,7 +23,9 @@ above it never influence the heads, so adapters there would be dead parameters.
 **Training recipe (HT Sec. IV).** AdamW (β = (0.9, 0.95)), lr 1e-4 with cosine decay, weight decay
 1e-2; Dice + cross-entropy for segmentation (``monai.losses.DiceCELoss``), focal loss for
 classification (``monai.losses.FocalLoss``). Sizes come from the ``hybrid_tuning`` profile section;
-the quick profile uses a much larger lr (1e-2) because it trains for a few dozen steps only.
+the quick profile uses a much larger lr (1e-2) because it trains for a few dozen steps only. Every
+training loop here is a call to :func:`course_lib.train.fit` (step mode with a ``forward=`` hook), and
+batched inference goes through :func:`course_lib.train.predict`.
 """
 from __future__ import annotations
 
@@ -33,11 +35,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ... import runtime
-from ...train import optimizer_step
+from ... import runtime, train
+from ...losses import info_nce
+from ..peft.lora import apply_lora
 from .heads import ClassificationHead, MultiLevelAggregation, SegmentationHead, aggregation_blocks
 from .ht_adapter import VARIANTS, HTAdapter
 from .mona import Mona
@@ -51,14 +53,14 @@ __all__ = [
     "detach_adapters",
     "adapters_of",
     "AdaptedViT",
+    "adapted_block_forward",
     "build_model",
-    "count_trainable",
     "make_optimizer",
     "seg_loss",
     "cls_loss",
-    "fit",
-    "predict",
-    "info_nce",
+    "task_loss",
+    "fit_task",
+    "predict_proba",
     "stage1_image_text",
     "zero_shot_probs",
     "estimate_step_cost",
@@ -149,16 +151,18 @@ def _run_adapter(adapter: nn.Module, x: torch.Tensor, batch_first: bool, hw) -> 
     return adapter(x.transpose(0, 1), hw).transpose(0, 1)
 
 
-def _adapted_forward(self, q_x, k_x=None, v_x=None, attn_mask=None):
-    """Replacement ``forward`` for an open_clip ``ResidualAttentionBlock`` with adapters."""
+# region: ht-adapted-block
+def adapted_block_forward(self, q_x, k_x=None, v_x=None, attn_mask=None):
+    """Replacement ``forward`` of an open_clip ``ResidualAttentionBlock`` with adapters on its residual stream."""
     batch_first = getattr(self.attn, "batch_first", True)
     x = q_x + self.ls_1(self.attention(q_x=self.ln_1(q_x), attn_mask=attn_mask))
-    if "attn" in self.adapters:
+    if "attn" in self.adapters:  # adapter after the attention sub-layer
         x = _run_adapter(self.adapters["attn"], x, batch_first, self._adapter_grid)
     x = x + self.ls_2(self.mlp(self.ln_2(x)))
-    if "mlp" in self.adapters:
+    if "mlp" in self.adapters:  # adapter after the MLP sub-layer
         x = _run_adapter(self.adapters["mlp"], x, batch_first, self._adapter_grid)
     return x
+# endregion
 
 
 def _make_adapter(kind: str, dim: int, bottleneck: int, grid, dropout: float, **kw) -> nn.Module:
@@ -215,7 +219,7 @@ def attach_adapters(model, kind: str = "ht", bottleneck: int = 64, positions: Se
         ref = next(blk.parameters())
         blk.adapters.to(device=ref.device, dtype=ref.dtype)
         blk._adapter_grid = tuple(grid)
-        blk.forward = types.MethodType(_adapted_forward, blk)
+        blk.forward = types.MethodType(adapted_block_forward, blk)
         made.extend(blk.adapters.values())
     return made
 
@@ -272,10 +276,23 @@ class AdaptedViT(nn.Module):
         fmap = self.agg(list(feats), self.grid)
         return self.head(fmap, out_size) if self.task == "seg" else self.head(fmap)
 
+    # region: ht-adaptedvit-forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected preprocessed images (B, 3, S, S), got {tuple(x.shape)}; use bb.preprocess(images)")
         return self.decode(self.features(x), x.shape[-2:])
+    # endregion
+
+    def train(self, mode: bool = True):
+        """Heads and adapters follow ``mode``; the frozen ViT itself stays in eval mode (its dropout/norms
+        must not change while only the adapters learn)."""
+        super().train(mode)
+        if mode:
+            self.visual.eval()
+            for m in self.visual.modules():
+                if hasattr(m, "adapters"):
+                    m.adapters.train()
+        return self
 
     def backbone_is_frozen(self) -> bool:
         """True when nothing inside the ViT trains (the frozen baseline): its features can be cached."""
@@ -287,7 +304,7 @@ def build_model(backbone, method: str, task: str, n_classes: int = 2, *, bottlen
                 positions: Sequence[str] = ("attn", "mlp"), dropout: float = 0.1) -> AdaptedViT:
     """A fresh :class:`AdaptedViT` for ``method`` in :data:`METHODS` on (a deep copy of) the backbone's tower.
 
-    ``frozen``: heads only; ``lora``: LoRA (``course_lib.methods.lora``, attention targets) + heads;
+    ``frozen``: heads only; ``lora``: LoRA (``course_lib.methods.peft.lora.apply_lora``, attention targets) + heads;
     ``mona`` / ``ht`` / ``ht_ne`` / ``ht_ff`` / ``ht_global``: adapters + heads.
     Exactly the adapter/LoRA and head parameters are trainable.
     """
@@ -301,8 +318,6 @@ def build_model(backbone, method: str, task: str, n_classes: int = 2, *, bottlen
     model = AdaptedViT(visual, task, n_classes, blocks, d_red, cls_hidden, dropout)
     used = list(range(max(model.blocks) + 1))
     if method == "lora":
-        from .lora import apply_lora
-
         apply_lora(visual, lora_rank, targets=("attn",), blocks=used)
     elif method != "frozen":
         attach_adapters(visual, method, bottleneck, positions, blocks=used, dropout=dropout)
@@ -310,11 +325,6 @@ def build_model(backbone, method: str, task: str, n_classes: int = 2, *, bottlen
     model.agg.to(ref.device)
     model.head.to(ref.device)
     return model
-
-
-def count_trainable(model: nn.Module) -> int:
-    """Number of parameters with ``requires_grad``."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 # ----------------------------------------------------------------------------- recipe
@@ -347,35 +357,32 @@ def cls_loss(gamma: float = 2.0):
     return FocalLoss(to_onehot_y=True, use_softmax=True, gamma=gamma)
 
 
-def _loss_for(task: str):
+def task_loss(task: str):
+    """:func:`seg_loss` for ``"seg"``, :func:`cls_loss` for ``"cls"``."""
+    if task not in ("seg", "cls"):
+        raise ValueError(f"task must be 'seg' or 'cls', got {task!r}")
     return seg_loss() if task == "seg" else cls_loss()
 
 
-def _target(task: str, y: torch.Tensor) -> torch.Tensor:
-    return y.long().unsqueeze(1)  # seg (B,H,W) -> (B,1,H,W); cls (B,) -> (B,1)
+def fit_task(model: AdaptedViT, X: torch.Tensor, Y: torch.Tensor, *, epochs: int = 1, batch_size: int,
+             lr: float = 1e-4, weight_decay: float = 1e-2, betas=(0.9, 0.95), seed: int = 0, progress: bool = True,
+             desc: str = "train", steps: int | None = None) -> dict:
+    """Train ``model`` on preprocessed images ``X (N,3,S,S)`` and targets ``Y`` (masks ``(N,S,S)`` or labels ``(N,)``)
+    with the HT recipe, through :func:`course_lib.train.fit`.
 
-
-def fit(model: AdaptedViT, X: torch.Tensor, Y: torch.Tensor, *, epochs: int = 1, batch_size: int, lr: float = 1e-4,
-        weight_decay: float = 1e-2, betas=(0.9, 0.95), seed: int = 0, progress: bool = True, desc: str = "train",
-        steps: int | None = None) -> dict:
-    """Train ``model`` on preprocessed images ``X (N,3,S,S)`` and targets ``Y`` (masks ``(N,S,S)`` or labels ``(N,)``).
-
-    AdamW + cosine (:func:`make_optimizer`), Dice+CE or focal loss, AMP via ``runtime.autocast``.
-    ``steps`` (optional) fixes the number of updates instead of ``epochs`` (used for data-ratio studies,
-    so that small training sets get as many updates as large ones). When nothing in the backbone
-    trains (the frozen baseline) its features are computed once and cached — same maths, much faster.
-    Returns ``{"loss": [...], "steps": int, "seconds_per_step": float}``.
+    AdamW + cosine (:func:`make_optimizer`), Dice+CE or focal loss (:func:`task_loss`). Mini-batches are drawn
+    by a seeded permutation per epoch (``seed``); ``steps`` (optional) fixes the number of updates instead of
+    ``epochs`` (data-ratio studies: small training sets get as many updates as large ones). When nothing in
+    the backbone trains (the frozen baseline) its features are computed once (:func:`course_lib.train.predict`)
+    and cached — same maths, much faster. Returns ``train.fit``'s history plus ``loss`` (per step) and
+    ``seconds_per_step``.
     """
-    import time
-
-    from tqdm.auto import tqdm
-
     X, Y = torch.as_tensor(X), torch.as_tensor(Y)
     if len(X) != len(Y) or len(X) == 0:
         raise ValueError(f"X has {len(X)} images and Y {len(Y)} targets; they must match and be non-empty")
     if model.task == "seg" and tuple(Y.shape[-2:]) != tuple(X.shape[-2:]):
         raise ValueError(f"masks {tuple(Y.shape[-2:])} and images {tuple(X.shape[-2:])} differ in size; resize the masks")
-    device = next(model.parameters()).device
+    device = train.model_device(model)
     g = torch.Generator().manual_seed(seed)
     batch_size = min(int(batch_size), len(X))
     steps_per_epoch = math.ceil(len(X) / batch_size)
@@ -384,79 +391,56 @@ def fit(model: AdaptedViT, X: torch.Tensor, Y: torch.Tensor, *, epochs: int = 1,
         raise ValueError(f"nothing to train: epochs={epochs}, steps={steps}; pass a positive number")
     cached = None
     if model.backbone_is_frozen():
-        model.eval()
-        with torch.no_grad(), runtime.autocast(device):
-            parts = [model.features(X[i:i + 64].to(device)) for i in range(0, len(X), 64)]
-        cached = [torch.cat([p[k] for p in parts]).float() for k in range(len(parts[0]))]
+        cached = [c.to(device) for c in train.predict(model, X, batch_size=64, fn=lambda m, xb: m.features(xb))]
     opt, sched = make_optimizer(model, total, lr, weight_decay, betas)
-    scaler = runtime.grad_scaler(device)
-    loss_fn = _loss_for(model.task)
-    model.train()
-    model.visual.eval()  # frozen backbone: keep its dropout/norm in eval mode; adapters still train
-    for m in model.visual.modules():
-        if hasattr(m, "adapters"):
-            m.adapters.train()
-    hist = []
-    t0 = time.perf_counter()
-    bar = tqdm(range(total), desc=desc, leave=False, disable=not progress)
-    order = torch.randperm(len(X), generator=g)
-    for step in bar:
+    loss_fn = task_loss(model.task)
+    size = X.shape[-2:]
+    state = {"order": None}
+
+    def draw(step: int) -> dict:  # a fresh seeded permutation at the start of every epoch
         k = step % steps_per_epoch
-        if k == 0 and step:
-            order = torch.randperm(len(X), generator=g)
-        idx = order[k * batch_size:(k + 1) * batch_size]
-        yb = _target(model.task, Y[idx]).to(device, non_blocking=True)
-        with runtime.autocast(device):
-            if cached is not None:
-                out = model.decode([c[idx.to(c.device)] for c in cached], X.shape[-2:])
-            else:
-                out = model(X[idx].to(device, non_blocking=True))
-            loss = loss_fn(out.float(), yb)
-        optimizer_step(loss, opt, scaler, sched)
-        hist.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{hist[-1]:.3f}")
+        if k == 0:
+            state["order"] = torch.randperm(len(X), generator=g)
+        idx = state["order"][k * batch_size:(k + 1) * batch_size]
+        y = Y[idx].long().unsqueeze(1)  # seg (B,H,W) -> (B,1,H,W); cls (B,) -> (B,1)
+        return {"idx": idx, "y": y} if cached is not None else {"x": X[idx], "y": y}
+
+    def forward(m: AdaptedViT, b: dict) -> torch.Tensor:
+        out = m.decode([c[b["idx"]] for c in cached], size) if cached is not None else m(b["x"])
+        return loss_fn(out.float(), b["y"])
+
+    hist = train.fit(model, draw, steps=total, optimizer=opt, scheduler=sched, forward=forward,
+                     progress=progress, desc=desc)
     model.eval()
-    return {"loss": hist, "steps": total, "seconds_per_step": (time.perf_counter() - t0) / max(1, total)}
+    hist["loss"] = hist["step_loss"]
+    hist["seconds_per_step"] = hist["seconds"] / total
+    return hist
 
 
-@torch.no_grad()
-def predict(model: AdaptedViT, X: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-    """Probability of class 1: ``(N, S, S)`` for segmentation, ``(N,)`` for classification."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(X), batch_size):
-        xb = torch.as_tensor(X[i:i + batch_size]).to(device)
-        with runtime.autocast(device):
-            p = torch.softmax(model(xb).float(), dim=1)[:, 1]
-        out.append(p.cpu())
-    return torch.cat(out).numpy()
+def predict_proba(model: AdaptedViT, X: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    """Probability of class 1 (:func:`course_lib.train.predict`): ``(N, S, S)`` for segmentation, ``(N,)`` for
+    classification."""
+    return train.predict(model, torch.as_tensor(X), batch_size=batch_size,
+                         fn=lambda m, xb: torch.softmax(m(xb).float(), dim=1)[:, 1]).numpy()
 
 
 # ----------------------------------------------------------------------------- stage 1 (image-text)
-def info_nce(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
-    """Symmetric InfoNCE (CLIP loss) on L2-normalised embeddings; row i of each is a positive pair."""
-    logits = scale * img @ txt.t()
-    labels = torch.arange(len(img), device=img.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
-
-
 def stage1_image_text(clip_model: nn.Module, images: torch.Tensor, tokens: torch.Tensor, *, steps: int,
                       batch_size: int = 32, lr: float = 1e-4, weight_decay: float = 1e-2, betas=(0.9, 0.95),
                       kind: str = "ht", bottleneck: int = 64, seed: int = 0, progress: bool = True) -> dict:
     """HT stage 1: attach ``kind`` adapters to every block of ``clip_model.visual``, freeze everything
-    else (text tower, logit scale, projections) and train the adapters with InfoNCE on image–report pairs.
+    else (text tower, logit scale, projections) and train the adapters with InfoNCE
+    (:func:`course_lib.losses.info_nce`) on image–report pairs, through :func:`course_lib.train.fit`.
 
     ``images``: preprocessed ``(N, 3, S, S)``; ``tokens``: tokenised reports ``(N, L)``. The model is
-    modified in place (call :func:`detach_adapters` on ``clip_model.visual`` to undo). Returns the loss history.
+    modified in place (call :func:`detach_adapters` on ``clip_model.visual`` to undo). Returns ``train.fit``'s
+    history plus ``loss`` (per step) and ``trainable`` (number of adapter parameters).
     """
-    from tqdm.auto import tqdm
-
     if len(images) != len(tokens) or len(images) < 2:
         raise ValueError(f"need >= 2 image-report pairs with matching counts, got {len(images)} images and {len(tokens)} reports")
     freeze(clip_model)
-    adapters = attach_adapters(clip_model.visual, kind, bottleneck, dropout=0.0)
-    params = [p for a in adapters for p in a.parameters()]
+    adapters = nn.ModuleList(attach_adapters(clip_model.visual, kind, bottleneck, dropout=0.0))
+    params = list(adapters.parameters())
     device = params[0].device
     with torch.no_grad():  # the text tower is frozen: encode every report once
         txt = torch.cat([clip_model.encode_text(tokens[i:i + 256].to(device), normalize=True)
@@ -465,41 +449,40 @@ def stage1_image_text(clip_model: nn.Module, images: torch.Tensor, tokens: torch
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
     scale = clip_model.logit_scale.exp().detach()
     g = torch.Generator().manual_seed(seed)
-    hist = []
     clip_model.eval()
-    for step in tqdm(range(int(steps)), desc="stage 1 (image-text)", leave=False, disable=not progress):
+
+    def draw(step: int) -> dict:
         idx = torch.randperm(len(images), generator=g)[:batch_size]
-        with runtime.autocast(device):
-            img = clip_model.encode_image(images[idx].to(device), normalize=True)
-            loss = info_nce(img.float(), txt[idx].float(), scale)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        hist.append(float(loss.detach()))
-    return {"loss": hist, "trainable": sum(p.numel() for p in params)}
+        return {"x": images[idx], "i": idx}
+
+    def forward(_adapters, b: dict) -> torch.Tensor:
+        img = clip_model.encode_image(b["x"], normalize=True)
+        return info_nce(img.float(), txt[b["i"]].float(), scale)
+
+    # fit() puts only the adapters (dropout 0) in train mode; the frozen CLIP stays in eval mode
+    hist = train.fit(adapters, draw, steps=int(steps), optimizer=opt, scheduler=sched, forward=forward,
+                     progress=progress, desc="stage 1 (image-text)")
+    hist["loss"] = hist["step_loss"]
+    hist["trainable"] = train.count_parameters(adapters, trainable=True)
+    return hist
 
 
-@torch.no_grad()
 def zero_shot_probs(clip_model: nn.Module, images: torch.Tensor, class_tokens: Sequence[torch.Tensor],
                     batch_size: int = 128) -> np.ndarray:
     """Zero-shot class probabilities ``(N, C)``: one tokenised prompt set per class (embeddings averaged)."""
     if len(class_tokens) < 2:
         raise ValueError("zero-shot needs prompts for at least 2 classes")
     clip_model.eval()
-    device = next(clip_model.parameters()).device
+    device = train.model_device(clip_model)
     cls = []
-    for toks in class_tokens:
-        e = clip_model.encode_text(toks.to(device), normalize=True).float().mean(0)
-        cls.append(e / e.norm())
-    cls = torch.stack(cls)
-    scale = clip_model.logit_scale.exp().float()
-    out = []
-    for i in range(0, len(images), batch_size):
-        with runtime.autocast(device):
-            img = clip_model.encode_image(images[i:i + batch_size].to(device), normalize=True)
-        out.append(torch.softmax(scale * img.float() @ cls.t(), dim=-1).cpu())
-    return torch.cat(out).numpy()
+    with torch.no_grad():
+        for toks in class_tokens:
+            e = clip_model.encode_text(toks.to(device), normalize=True).float().mean(0)
+            cls.append(e / e.norm())
+        cls = torch.stack(cls).cpu()
+        scale = clip_model.logit_scale.exp().float().cpu()
+    img = train.predict(clip_model, images, batch_size=batch_size, fn=lambda m, xb: m.encode_image(xb, normalize=True))
+    return torch.softmax(scale * img @ cls.t(), dim=-1).numpy()
 
 
 # ----------------------------------------------------------------------------- cost estimate
@@ -529,7 +512,7 @@ def estimate_step_cost(model: AdaptedViT, batch_size: int, image_size: int | Non
         with FlopCounterMode(display=False) as fc:
             model(x).float().mean().backward()
     model.zero_grad(set_to_none=True)
-    n_train = count_trainable(model)
+    n_train = train.count_parameters(model, trainable=True)
     return {
         "flops": int(fc.get_total_flops()),
         "activation_bytes": int(saved[0]),

@@ -1,9 +1,12 @@
-"""Multi-level aggregation and heads: documented blocks, shapes, exact parameter counts."""
+"""Multi-level aggregation and heads (course_lib.methods.ht.heads): documented blocks, shapes, exact parameter
+counts."""
 import pytest
 import torch
 
-from course_lib.methods import adapter_tuning as at
-from course_lib.methods.heads import (ClassificationHead, MultiLevelAggregation, SegmentationHead,
+from course_lib.train import count_parameters
+
+from course_lib.methods.ht import recipe as at
+from course_lib.methods.ht.heads import (ClassificationHead, MultiLevelAggregation, SegmentationHead,
                                       aggregation_blocks)
 
 
@@ -14,26 +17,22 @@ def test_aggregation_blocks_are_documented_depths():
         aggregation_blocks(0)
 
 
-def test_blocks_agree_with_backbone_blocks_at():
+def test_blocks_agree_with_backbone_blocks_at(tiny_clip):
     """Same relative depths as the backbone interface's Backbone.blocks_at, for every depth."""
     from types import SimpleNamespace
 
-    from course_lib.models import build_sonoclip_tiny
     from course_lib.models.backbones import Backbone
 
     for depth in range(1, 25):
         assert aggregation_blocks(depth) == sorted(set(Backbone.blocks_at(SimpleNamespace(depth=depth)))), depth
-    vis = build_sonoclip_tiny(seed=0).visual
+    vis = tiny_clip.visual
     m = at.AdaptedViT(vis, "seg", d_red=8)
     assert m.blocks == aggregation_blocks(len(vis.transformer.resblocks))
 
 
-def test_aggregation_uses_exactly_the_chosen_blocks():
+def test_aggregation_uses_exactly_the_chosen_blocks(tiny_vit):
     """AdaptedViT.features returns the raw outputs of resblocks[2], [5], [8] (CLS removed) for a 12-block ViT."""
-    from open_clip.transformer import VisionTransformer
-
-    torch.manual_seed(0)
-    vis = VisionTransformer(image_size=32, patch_size=8, width=16, layers=12, heads=2, mlp_ratio=2.0, output_dim=8).eval()
+    vis = tiny_vit(layers=12, width=16, heads=2, output_dim=8)
     model = at.AdaptedViT(vis, "seg", d_red=8)
     assert model.blocks == [2, 5, 8]
     seen = {}
@@ -51,7 +50,7 @@ def test_aggregation_uses_exactly_the_chosen_blocks():
 def test_aggregation_maths_and_counts():
     torch.manual_seed(0)
     agg = MultiLevelAggregation(width=12, blocks=[0, 1], d_red=6)
-    assert sum(p.numel() for p in agg.parameters()) == 2 * ((12 * 6 + 6) + 2 * 6 + (6 * 6 + 6))
+    assert count_parameters(agg) == 2 * ((12 * 6 + 6) + 2 * 6 + (6 * 6 + 6))
     t = [torch.randn(2, 16, 12), torch.randn(2, 16, 12)]
     expected = sum(r(n(p(x))) for x, p, n, r in zip(t, agg.proj, agg.norm, agg.refine))
     out = agg(t, (4, 4))
@@ -67,10 +66,10 @@ def test_aggregation_maths_and_counts():
 def test_heads_shapes_and_counts():
     seg = SegmentationHead(8, 2)
     y = seg(torch.randn(3, 8, 4, 4), (32, 32))
-    assert y.shape == (3, 2, 32, 32) and sum(p.numel() for p in seg.parameters()) == 8 * 2 + 2
+    assert y.shape == (3, 2, 32, 32) and count_parameters(seg) == 8 * 2 + 2
     cls = ClassificationHead(8, 2, hidden=5, dropout=0.1)
     assert cls(torch.randn(3, 8, 4, 4)).shape == (3, 2)
-    assert sum(p.numel() for p in cls.parameters()) == (8 * 5 + 5) + (5 * 2 + 2)
+    assert count_parameters(cls) == (8 * 5 + 5) + (5 * 2 + 2)
     with pytest.raises(ValueError, match="n_classes"):
         ClassificationHead(8, 1)
 
@@ -87,10 +86,8 @@ def test_upsample_then_conv_equals_conv_then_upsample():
     assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_bad_task_and_input():
-    from course_lib.models import build_sonoclip_tiny
-
-    vis = build_sonoclip_tiny(seed=0).visual
+def test_bad_task_and_input(tiny_clip):
+    vis = tiny_clip.visual
     with pytest.raises(ValueError, match="task"):
         at.AdaptedViT(vis, "det")
     m = at.AdaptedViT(vis, "cls", d_red=8, cls_hidden=8)

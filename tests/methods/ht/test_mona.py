@@ -1,9 +1,12 @@
-"""Mona adapter: identity at init, CLS handling, shapes, exact parameter counts, bad inputs."""
+"""Mona adapter (course_lib.methods.ht.mona): identity at init, CLS handling, shapes, exact parameter counts,
+bad inputs, attaching to a CLIP ViT."""
 import pytest
 import torch
 
-from course_lib.methods import adapter_tuning as at
-from course_lib.methods.mona import Mona, infer_grid, map_to_tokens, tokens_to_map
+from course_lib.train import count_parameters
+
+from course_lib.methods.ht import recipe as at
+from course_lib.methods.ht.mona import Mona, infer_grid, map_to_tokens, tokens_to_map
 
 
 def mona_params(D, m, kernels=(3, 5, 7)):
@@ -21,7 +24,7 @@ def test_identity_at_init_and_shapes():
 
 
 def test_parameter_count():
-    assert sum(p.numel() for p in Mona(128, 16).parameters()) == mona_params(128, 16)
+    assert count_parameters(Mona(128, 16)) == mona_params(128, 16)
 
 
 def test_cls_token_skips_spatial_ops():
@@ -64,17 +67,15 @@ def test_bad_inputs_have_clear_errors():
         Mona(16, 4, num_prefix_tokens=-1)
 
 
-def test_attach_mona_to_tiny_clip_identity_and_counts():
-    from course_lib.models import build_sonoclip_tiny
-
-    vis = build_sonoclip_tiny(seed=0).visual.eval()
+def test_attach_mona_to_tiny_clip_identity_and_counts(tiny_clip):
+    vis = tiny_clip.visual
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ref = vis(x)
     made = at.attach_adapters(vis, "mona", bottleneck=16, positions=("attn", "mlp"))
     n_blocks = len(vis.transformer.resblocks)
     assert len(made) == 2 * n_blocks
-    assert at.count_trainable(vis) == 2 * n_blocks * mona_params(vis.transformer.width, 16)
+    assert count_parameters(vis, trainable=True) == 2 * n_blocks * mona_params(vis.transformer.width, 16)
     with torch.no_grad():
         assert torch.allclose(vis(x), ref, atol=1e-6)
     # the block's own module names are unchanged (LoRA targets still resolve)
