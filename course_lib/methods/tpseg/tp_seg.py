@@ -175,9 +175,13 @@ def train_unified(model: TPSeg, train_sets, *, steps: int, lr: float, batch_size
     task, in the order of ``task_ids`` (default: 0..T-1). Returns ``fit``'s history plus ``task_counts``.
     """
     task_ids = list(range(len(train_sets))) if task_ids is None else list(task_ids)
+    for i, ts in enumerate(train_sets):
+        xs, ys = np.shape(ts["image"]), np.shape(ts["mask"])
+        if xs != ys or len(xs) != 3:
+            raise ValueError(f"task {i}: images {xs} and masks {ys} differ; masks must match images, both (N, H, W)")
+        if xs[1:] != np.shape(train_sets[0]["image"])[1:]:
+            raise ValueError(f"task {i}: image size {xs[1:]} differs from task 0's; resize all tasks to one size")
     x_all, y_all = _stack(train_sets, "image"), _stack(train_sets, "mask")
-    if x_all.shape != y_all.shape:
-        raise ValueError(f"images {tuple(x_all.shape)} and masks {tuple(y_all.shape)} differ; masks must match images")
     sampler = TaskBatchSampler([len(t["image"]) for t in train_sets], batch_size, steps, balanced=balanced, seed=seed)
     batches = iter(sampler)
     counts = np.zeros(len(train_sets), int)
