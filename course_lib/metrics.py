@@ -1,10 +1,17 @@
-"""Evaluation metrics used across the course, thin and tested wrappers over the ecosystem.
+"""Evaluation metrics used across the course (Dice/IoU via MONAI, surface distances, classification, boxes).
+Used by every notebook that scores a model: 02-05 (classification), 06-11 (segmentation), 00 (measurements).
 
 Segmentation (binary masks, numpy or torch, ``(H, W)`` or ``(N, H, W)``; every function returns
 a per-sample ``float64`` array of shape ``(N,)``, ``N = 1`` for a single ``(H, W)`` mask):
 
 * :func:`dice` ``= 2|P∩G| / (|P| + |G|)`` and :func:`iou` ``= |P∩G| / |P∪G|``
-  (Dice 1945; Jaccard 1912; definitions as reviewed by Taha & Hanbury, BMC Med Imaging 15:29, 2015).
+  (Dice 1945; Jaccard 1912; definitions as reviewed by Taha & Hanbury, BMC Med Imaging 15:29, 2015),
+  computed by MONAI (``monai.metrics.compute_dice`` / ``compute_iou`` with ``ignore_empty=False``,
+  whose documented empty-ground-truth rule gives exactly the conventions below) in float64.
+* **Inputs must already be binary** (bool, or 0/1 integers/floats). There is no hidden threshold:
+  probabilities or logits raise a ValueError that says how to binarise (``probs > 0.5`` for
+  probabilities, ``logits > 0`` for logits), because which threshold is right depends on what the
+  numbers are, and a silent 0.0 or 0.5 cut would give a wrong Dice without an error.
 * :func:`hd95`: the 95th-percentile symmetric Hausdorff distance and :func:`asd`: the average
   symmetric surface distance, both computed by MONAI
   (``monai.metrics.compute_hausdorff_distance(percentile=95)``,
@@ -26,7 +33,9 @@ structure is penalised maximally while means stay finite; pass ``one_empty="nan"
 
 Classification: :func:`classification` (scikit-learn) returns accuracy, precision, recall, F1,
 ROC-AUC and Matthews correlation (binary: threshold on the positive-class probability;
-multiclass: argmax, macro averages, one-vs-rest AUC). Detection: :func:`box_iou`
+multiclass: argmax, macro averages, one-vs-rest AUC). ``y_true`` must be integer class ids: float
+labels are accepted only when integer-valued (0.0, 1.0), never cast silently; probabilities in
+``y_true`` (arguments swapped) and string labels raise. Detection: :func:`box_iou`
 (``torchvision.ops.box_iou``). Measurement: :func:`mean_relative_error`.
 """
 from __future__ import annotations
@@ -91,20 +100,41 @@ def _spacing2(spacing) -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------------- overlap
+_OVERLAP_CHUNK = 256  # samples per MONAI call (bounds the float64 one-hot copy)
+
+
 def dice(pred, target) -> np.ndarray:
-    """Per-sample Dice ``2|P∩G| / (|P|+|G|)``; 1 when both masks are empty."""
+    """Per-sample Dice ``2|P∩G| / (|P|+|G|)`` (MONAI ``compute_dice``); 1 when both masks are empty,
+    0 when exactly one is. ``pred``/``target`` must be binary: binarise probabilities/logits first."""
+    import torch
+    from monai.metrics import compute_dice
+
     p, t = _binary_pair(pred, target)
-    inter = (p & t).sum((1, 2)).astype(np.float64)
-    total = p.sum((1, 2)) + t.sum((1, 2))
-    return np.where(total == 0, 1.0, 2 * inter / np.maximum(total, 1))
+    out = np.empty(len(p), dtype=np.float64)
+    for a in range(0, len(p), _OVERLAP_CHUNK):
+        pp, tt = torch.from_numpy(p[a:a + _OVERLAP_CHUNK]), torch.from_numpy(t[a:a + _OVERLAP_CHUNK])
+        # two channels (background, foreground), background excluded: MONAI then sums the float64
+        # target directly (a single channel would be compared to a class id and scored in float32)
+        yp = torch.stack([~pp, pp], 1)
+        yt = torch.stack([~tt, tt], 1).double()
+        d = compute_dice(yp, yt, include_background=False, ignore_empty=False)
+        out[a:a + len(pp)] = d[:, 0].double().numpy()
+    return out
 
 
 def iou(pred, target) -> np.ndarray:
-    """Per-sample IoU (Jaccard) ``|P∩G| / |P∪G|``; 1 when both masks are empty."""
+    """Per-sample IoU (Jaccard) ``|P∩G| / |P∪G|`` (MONAI ``compute_iou``); 1 when both masks are
+    empty, 0 when exactly one is. ``pred``/``target`` must be binary: binarise first."""
+    import torch
+    from monai.metrics import compute_iou
+
     p, t = _binary_pair(pred, target)
-    inter = (p & t).sum((1, 2)).astype(np.float64)
-    union = (p | t).sum((1, 2))
-    return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+    out = np.empty(len(p), dtype=np.float64)
+    for a in range(0, len(p), _OVERLAP_CHUNK):
+        yp = torch.from_numpy(p[a:a + _OVERLAP_CHUNK, None]).double()
+        yt = torch.from_numpy(t[a:a + _OVERLAP_CHUNK, None]).double()
+        out[a:a + len(yp)] = compute_iou(yp, yt, include_background=True, ignore_empty=False)[:, 0].numpy()
+    return out
 
 
 # --------------------------------------------------------------------------- surface distances
@@ -169,10 +199,46 @@ def segmentation(pred, target, spacing=None, one_empty: str = "diagonal") -> dic
 
 
 # --------------------------------------------------------------------------- classification
+def _class_labels(y_true, y_score: np.ndarray) -> np.ndarray:
+    """``y_true`` as int64 class ids, refusing anything a cast would silently change."""
+    yt = _to_numpy(y_true, "y_true").ravel()
+    if yt.dtype.kind in "USO":
+        numeric = yt.dtype.kind == "O" and all(isinstance(v, (int, float, np.number)) for v in yt.tolist())
+        if not numeric:
+            examples = ", ".join(repr(v) for v in list(dict.fromkeys(yt.tolist()))[:3])
+            raise TypeError(
+                f"y_true holds strings/objects ({examples}); classification needs integer class ids: "
+                f"map names to ids first, e.g. ids = [class_names.index(name) for name in y_true]"
+            )
+        yt = yt.astype(np.float64)
+    if yt.dtype.kind == "b":
+        return yt.astype(np.int64)
+    if yt.dtype.kind == "f":
+        if not np.isfinite(yt).all():
+            raise ValueError("y_true contains NaN or inf; it must hold integer class ids (0, 1, ...)")
+        frac = yt != np.round(yt)
+        if frac.any():
+            in_unit = bool(((yt >= 0) & (yt <= 1)).all())
+            ys = np.asarray(y_score)
+            score_is_labels = ys.dtype.kind in "biu" or (ys.dtype.kind == "f" and bool((ys == np.round(ys)).all()))
+            if in_unit and score_is_labels:  # probabilities in y_true, labels in y_score
+                hint = "the arguments look swapped: call classification(y_true=labels, y_score=probabilities)"
+            elif in_unit:
+                hint = "y_true must hold integer class ids (0, 1, ...), not probabilities or scores"
+            else:
+                hint = "y_true must hold integer class ids (0, 1, ...)"
+            raise ValueError(f"y_true has non-integer values (e.g. {yt[frac][:3].tolist()}); {hint}. Float labels are "
+                             f"not cast silently: pass integer labels (np.asarray(y_true, dtype=int) once you know they are ids)")
+    elif yt.dtype.kind not in "iu":
+        raise TypeError(f"y_true must hold integer class ids, got dtype {yt.dtype}")
+    return yt.astype(np.int64)
+
+
 def classification(y_true, y_score, threshold: float = 0.5) -> dict[str, float]:
     """Accuracy, precision, recall, F1, ROC-AUC and MCC (scikit-learn).
 
-    ``y_true``: integer labels ``(N,)``. ``y_score``: probabilities, either ``(N,)`` = P(class 1)
+    ``y_true``: integer class ids ``(N,)`` (bool or integer-valued floats are accepted; non-integer
+    floats raise, with a hint when the arguments look swapped; strings raise). ``y_score``: probabilities, either ``(N,)`` = P(class 1)
     for a binary task (prediction ``score >= threshold``), or ``(N, C)`` rows summing to 1
     (prediction = argmax; ``C == 2`` is treated as binary on column 1). Binary precision/recall/F1
     are for class 1; multiclass ones are macro averages and AUC is one-vs-rest macro.
@@ -180,8 +246,11 @@ def classification(y_true, y_score, threshold: float = 0.5) -> dict[str, float]:
     """
     from sklearn import metrics as skm
 
-    yt = _to_numpy(y_true, "y_true").astype(np.int64).ravel()
-    ys = _to_numpy(y_score, "y_score").astype(np.float64)
+    ys_raw = _to_numpy(y_score, "y_score")
+    yt = _class_labels(y_true, ys_raw)
+    if ys_raw.dtype.kind not in "biuf":
+        raise TypeError(f"y_score must hold numbers (probabilities), got dtype {ys_raw.dtype}")
+    ys = ys_raw.astype(np.float64)
     if ys.ndim == 2 and ys.shape[1] == 1:
         ys = ys[:, 0]
     if ys.ndim not in (1, 2) or len(ys) != len(yt):
@@ -196,6 +265,11 @@ def classification(y_true, y_score, threshold: float = 0.5) -> dict[str, float]:
             f"apply torch.sigmoid (binary) or softmax (multiclass) to logits first"
         )
     binary = ys.ndim == 1 or ys.shape[1] == 2
+    if not binary and ((yt < 0) | (yt >= ys.shape[1])).any():
+        raise ValueError(
+            f"y_true has labels {sorted(set(yt.tolist()))} but y_score has {ys.shape[1]} columns; "
+            f"labels must be class ids 0..{ys.shape[1] - 1} (one column per class)"
+        )
     if binary:
         pos = ys if ys.ndim == 1 else ys[:, 1]
         if not set(np.unique(yt)) <= {0, 1}:

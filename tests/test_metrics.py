@@ -43,6 +43,36 @@ def test_empty_mask_conventions_overlap():
     assert metrics.iou(e, a) == pytest.approx([0.0])
 
 
+def test_dice_iou_match_a_hand_computation_on_random_batches():
+    # the counting definition, written out independently of MONAI, on random masks of odd sizes
+    # with empty predictions, empty targets and both empty mixed in: equal to the last bit
+    rng = np.random.default_rng(0)
+    p = rng.random((40, 9, 13)) < 0.3
+    t = rng.random((40, 9, 13)) < 0.3
+    p[:4] = False
+    t[2:6] = False
+    d, j = metrics.dice(p, t), metrics.iou(p, t)
+    for k in range(len(p)):
+        tp = int(np.sum(p[k] & t[k]))
+        fp, fn = int(np.sum(p[k] & ~t[k])), int(np.sum(~p[k] & t[k]))
+        if tp + fp + fn == 0:
+            want_d = want_j = 1.0  # both empty
+        else:
+            want_d, want_j = 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)
+        assert d[k] == want_d and j[k] == want_j, k
+    assert d[2] == d[3] == 1.0 and d[0] == d[1] == d[4] == d[5] == 0.0  # both empty / one empty
+
+
+def test_dice_iou_refuse_probabilities_and_logits():
+    # binary inputs only: no hidden threshold (issue 19); the error says how to binarise
+    probs = np.full((4, 4), 0.7)
+    with pytest.raises(ValueError, match="probs > 0.5 or logits > 0"):
+        metrics.dice(probs, probs > 0.5)
+    with pytest.raises(ValueError, match="values other than 0/1"):
+        metrics.iou(torch.randn(2, 4, 4), torch.zeros(2, 4, 4))
+    assert metrics.dice(probs > 0.5, probs > 0.5) == pytest.approx([1.0])
+
+
 # --------------------------------------------------------------------------- surface distances
 def test_hd95_asd_single_pixels():
     # one pixel each, 3 rows and 4 columns apart: every surface distance is 5
@@ -148,6 +178,41 @@ def test_classification_bad_inputs():
         metrics.classification([0, 1, 1], [0.2, 0.3])
     with pytest.raises(ValueError, match=r"labels in \{0, 1\}"):
         metrics.classification([0, 2], [0.2, 0.3])
+
+
+def test_classification_refuses_non_integer_float_labels():
+    # issue 19: float labels were cast silently (0.7 -> 0); now non-integer floats raise
+    with pytest.raises(ValueError, match="non-integer values.*not probabilities"):
+        metrics.classification([0.0, 0.7, 1.0], [0.2, 0.6, 0.9])
+    with pytest.raises(ValueError, match="non-integer values.*class ids"):
+        metrics.classification(np.array([0.0, 2.5, 1.0]), np.full((3, 3), 1 / 3))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        metrics.classification([0.0, float("nan")], [0.2, 0.6])
+    # integer-valued floats and bools are labels, and give the same numbers as ints
+    ref = metrics.classification([0, 1, 1, 0], [0.2, 0.6, 0.9, 0.4])
+    assert metrics.classification(np.array([0.0, 1.0, 1.0, 0.0]), [0.2, 0.6, 0.9, 0.4]) == ref
+    assert metrics.classification(torch.tensor([False, True, True, False]), [0.2, 0.6, 0.9, 0.4]) == ref
+
+
+def test_classification_detects_swapped_arguments():
+    y, s = [0, 1, 1, 0], [0.2, 0.6, 0.9, 0.4]
+    with pytest.raises(ValueError, match=r"arguments look swapped.*classification\(y_true=labels, y_score=probabilities\)"):
+        metrics.classification(s, y)
+    with pytest.raises(ValueError, match="arguments look swapped"):
+        metrics.classification(torch.tensor(s), torch.tensor(y))
+
+
+def test_classification_refuses_string_labels_and_out_of_range_ids():
+    with pytest.raises(TypeError, match=r"strings.*'benign'.*class_names.index"):
+        metrics.classification(["benign", "malignant"], [0.2, 0.8])
+    with pytest.raises(TypeError, match="strings"):
+        metrics.classification(np.array(["0", "1"], dtype=object), [0.2, 0.8])
+    with pytest.raises(TypeError, match="y_score must hold numbers"):
+        metrics.classification([0, 1], ["low", "high"])
+    with pytest.raises(ValueError, match=r"labels \[0, 3\] but y_score has 3 columns.*0..2"):
+        metrics.classification([0, 3], np.full((2, 3), 1 / 3))
+    with pytest.raises(ValueError, match=r"labels \[-1, 0\]"):
+        metrics.classification([-1, 0], np.full((2, 3), 1 / 3))
 
 
 # --------------------------------------------------------------------------- boxes / measurements
