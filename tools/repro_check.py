@@ -5,8 +5,8 @@
     python tools/repro_check.py notebooks                                # every notebook (make repro)
     python tools/repro_check.py --threads 1 2 notebooks/03_*.ipynb       # 1 vs 2 torch threads, within tolerance
 
-What is compared: for every code cell, its stdout and its text results (``text/plain``,
-``text/markdown`` — the generated prose — and ``text/html`` tables), after the sanitising
+What is compared: for every code cell, its stdout and its text results (``text/markdown`` — the
+generated prose —, else ``text/html`` tables, else ``text/plain``), after the sanitising
 regexes of ``tests/nbval_sanitize.cfg`` (timings, devices, addresses, progress bars, paths)
 have been applied. stderr (warnings, progress bars) and images are not compared.
 
@@ -35,7 +35,7 @@ import run_course as rc  # noqa: E402
 ROOT = rc.ROOT
 SANITIZE_CFG = ROOT / "tests" / "nbval_sanitize.cfg"
 NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
-TEXT_MIMES = ("text/plain", "text/markdown", "text/html")
+TEXT_MIMES = ("text/markdown", "text/html", "text/plain")  # the richest text a reader sees
 
 
 def load_sanitizers(path: Path = SANITIZE_CFG) -> list[tuple[re.Pattern, str]]:

@@ -276,20 +276,38 @@ def execute(
     if probe_file is not None:
         kernel_env["COURSE_PROBE_FILE"] = str(probe_file)
 
+    class _NotebookCap(Exception):
+        pass
+
     async def run():
-        await asyncio.wait_for(client.async_execute(env=kernel_env), timeout=notebook_cap)
+        task = asyncio.ensure_future(client.async_execute(env=kernel_env))
+        done, _ = await asyncio.wait({task}, timeout=notebook_cap)
+        if task in done:
+            return task.result()
+        current["capped_at"] = time.perf_counter()
+        task.cancel()  # nbclient turns this into DeadKernelError; the cap is what happened
+        try:
+            await task
+        except BaseException:
+            pass
+        try:
+            if client.km is not None and await client.km.is_alive():
+                await client.km.shutdown_kernel(now=True)
+        except Exception:
+            pass
+        raise _NotebookCap
 
     t0 = time.perf_counter()
     res = RunResult(path=path, ok=True, seconds=0.0, nb=nb)
     try:
         asyncio.run(run())
-    except asyncio.TimeoutError:
+    except _NotebookCap:
         res.ok, res.kind = False, "notebook-cap"
         idx = current.get("index", -1)
-        cell_s = time.perf_counter() - current.get("t0", t0)
+        cell_s = current["capped_at"] - current.get("t0", t0)
         res.error = (f"{path.name}: stopped at the notebook cap of {notebook_cap:.0f} s, in cell {idx} "
                      f"({_describe(current['cell']) if 'cell' in current else '?'}) after {cell_s:.0f} s in that cell")
-    except CellTimeoutError as err:
+    except CellTimeoutError as err:  # (a TimeoutError subclass)
         res.ok, res.kind = False, "cell-timeout"
         idx = current.get("index", -1)
         res.error = (f"{path.name}: cell {idx} ({_describe(current['cell']) if 'cell' in current else '?'}) "

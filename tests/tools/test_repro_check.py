@@ -1,0 +1,51 @@
+"""tools/repro_check.py: sanitising with the nbval rules, text extraction per cell, tolerance maths."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+import repro_check as rp  # noqa: E402
+
+
+def test_sanitizers_come_from_the_nbval_file():
+    rules = rp.load_sanitizers()
+    assert len(rules) >= 5
+    text = "trained in 12.3 s at 0x7f00aa, 45%|####      | 9/20 [00:01<00:02]"
+    clean = rp.sanitize(text, rules)
+    assert "12.3" not in clean and "0x7f00aa" not in clean and "45%" not in clean
+    assert rp.sanitize("epoch 3 loss 0.512", rules) == "epoch 3 loss 0.512"  # numbers that matter stay
+
+
+def test_cell_texts_keeps_stdout_and_text_results_not_stderr_or_images():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# title"),
+        nbformat.v4.new_code_cell("x", outputs=[
+            nbformat.v4.new_output("stream", name="stdout", text="dice 0.81\n"),
+            nbformat.v4.new_output("stream", name="stderr", text="100%|####| 5/5 warning\n"),
+            nbformat.v4.new_output("display_data", data={"image/png": "AAAA", "text/plain": "<Figure>"}),
+            nbformat.v4.new_output("display_data", data={"text/markdown": "Dice **0.81**", "text/plain": "<Md>"}),
+        ]),
+    ]
+    texts = rp.cell_texts(nb, rp.load_sanitizers())
+    assert list(texts) == [1]
+    assert texts[1] == "dice 0.81\n<Figure>Dice **0.81**"
+
+
+def test_compare_text_exact_and_within_tolerance():
+    same, dev, _ = rp.compare_text("acc 0.812\n", "acc 0.812\n", 0, 0)
+    assert same and dev == 0
+    same, dev, first = rp.compare_text("acc 0.812\n", "acc 0.815\n", 0, 0)
+    assert not same and abs(dev - 0.003) < 1e-9 and "0.812" in first and "0.815" in first
+    same, dev, _ = rp.compare_text("acc 0.812\n", "acc 0.815\n", 0.0, 0.005)
+    assert same
+    same, dev, _ = rp.compare_text("acc 0.812\n", "acc 0.815\n", 0.001, 0.0)  # 0.003 > 0.001 * 0.815
+    assert not same
+
+
+def test_compare_text_wording_change_is_never_tolerated():
+    same, dev, _ = rp.compare_text("benign 3\n", "malignant 3\n", 1.0, 1.0)
+    assert not same and dev == float("inf")
