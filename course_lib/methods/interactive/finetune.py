@@ -75,10 +75,17 @@ def finetune(sam: InteractiveSAM, images, masks, *, steps: int, batch: int, lr: 
         idx = rng.choice(len(images), size=min(batch, len(images)), replace=False)
         return images[idx], gt[idx]
 
+    frozen_encoder = not any(p.requires_grad for p in sam.model.vision_encoder.parameters())
+
     def forward(model, b):
         x, y = b
         boxes = torch.tensor([pr.jittered_box(t, rng) for t in y.cpu().numpy()])
-        logits, _ = sam.decode(sam.encode(sam.preprocess(x)), boxes=boxes, multimask=False)
+        if frozen_encoder:  # nothing to learn there: no graph through the heavy encoder
+            with torch.no_grad():
+                emb = sam.encode(sam.preprocess(x))
+        else:
+            emb = sam.encode(sam.preprocess(x))
+        logits, _ = sam.decode(emb, boxes=boxes, multimask=False)
         tgt = (F.adaptive_avg_pool2d(y[:, None].float(), m) > 0.5).float()
         return losses.bce_dice_loss(logits, tgt)
 

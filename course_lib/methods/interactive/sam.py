@@ -155,52 +155,14 @@ class InteractiveSAM:
         return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def load(name_or_path: str | os.PathLike = NAME, device=None, rebuild: bool = True) -> InteractiveSAM:
-    """Load a SAM-family model.
-
-    ``"sonosam-tiny"``: the committed course checkpoint (rebuilt by training only if the default file is
-    missing and ``rebuild``); a ``.safetensors`` path: a sonosam-tiny checkpoint written by the course;
-    ``"sam-vit-base"`` / ``"medsam"`` / a hub id / a local folder in the hub layout (``config.json`` +
-    weights): ``SamModel.from_pretrained`` — the full profile's path, tested offline on a folder of
-    random weights. An explicit path that does not exist is an error (nothing is trained for it).
-    """
-    device = device or runtime.get_device()
-    key = str(name_or_path)
-    if key == NAME:
-        if not CHECKPOINT.exists():
-            if not rebuild:
-                raise FileNotFoundError(f"{NAME} checkpoint {CHECKPOINT} is missing; rebuild it with `{REBUILD}`")
-            from course_lib.methods.interactive import recipe
-
-            recipe.pretrain(out=CHECKPOINT)
-        return _load_course(CHECKPOINT, CHECKPOINT_SHA256, device)
-    path = Path(key).expanduser()
-    if path.suffix == ".safetensors":
-        if not path.exists():
-            raise FileNotFoundError(f"SAM checkpoint {path} does not exist; check the path, or use '{NAME}' for the "
-                                    f"committed model")
-        return _load_course(path, None, device)
-    if path.is_dir():
-        return _from_pretrained(str(path), device, key)
-    repo = HUB_MODELS.get(key.lower(), key)
-    if "/" not in repo:
-        raise ValueError(f"unknown SAM model {key!r}: use '{NAME}', one of {sorted(HUB_MODELS)}, a hub id like "
-                         f"'facebook/sam-vit-base', a .safetensors file or a local model folder")
-    if runtime.offline_forced() or not runtime.hub_reachable():
-        raise RuntimeError(f"cannot download {repo}: the model hub is not reachable (offline, or HF_HUB_OFFLINE=1). "
-                           f"Download it once online (SamModel.from_pretrained('{repo}')) or pass a local folder; "
-                           f"offline, use '{NAME}'")
-    return _from_pretrained(repo, device, key)
-
-
-def _from_pretrained(src: str, device, name: str) -> InteractiveSAM:
+def from_pretrained(src: str, device, name: str) -> InteractiveSAM:
     from transformers import SamModel
 
     model = SamModel.from_pretrained(src)
     return InteractiveSAM(model.to(device).eval(), name)
 
 
-def _load_course(path: Path, sha: str | None, device) -> InteractiveSAM:
+def load_course(path: Path, sha: str | None, device) -> InteractiveSAM:
     tensors, meta = checkpoints.load_state(path, expected_sha256=sha)
     if meta.get("model") != NAME:
         raise checkpoints.CheckpointError(f"{path} is a course checkpoint of {meta.get('model')!r}, not {NAME}")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from course_lib.methods.interactive import checkpoint as ck
 from course_lib.methods.interactive import evaluate as ev
 from course_lib.methods.interactive import finetune as ft
 from course_lib.methods.interactive import prompts as pr
@@ -118,7 +119,7 @@ def test_pretrain_runs_and_saves_a_verified_checkpoint(tmp_path):
     out = tmp_path / "s.safetensors"
     s, info = recipe.pretrain(out, steps=2, batch=2, pool=8, progress=False)
     assert info["steps"] == 2 and out.exists()
-    again = sm.load(out)
+    again = ck.load(out)
     for (k, a), (_, b) in zip(s.model.state_dict().items(), again.model.state_dict().items()):
         assert torch.allclose(a.half().float(), b, atol=1e-3), k
 
@@ -181,7 +182,7 @@ def test_hub_layout_folder_loads_through_from_pretrained(tmp_path):
     model = sm.build_sonosam_tiny(seed=1)
     model.save_pretrained(tmp_path / "sam-vit-base")
     assert (tmp_path / "sam-vit-base" / "config.json").exists()
-    loaded = sm.load(tmp_path / "sam-vit-base")
+    loaded = ck.load(tmp_path / "sam-vit-base")
     sd0, sd1 = model.state_dict(), loaded.model.state_dict()
     assert all(torch.equal(sd0[k], sd1[k]) for k in sd0)
     assert loaded.image_size == 128 and loaded.mask_size == 64
@@ -189,12 +190,12 @@ def test_hub_layout_folder_loads_through_from_pretrained(tmp_path):
 
 def test_loading_errors(monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        sm.load(tmp_path / "typo.safetensors")
+        ck.load(tmp_path / "typo.safetensors")
     with pytest.raises(ValueError, match="unknown SAM model"):
-        sm.load("sam-huge-please")
+        ck.load("sam-huge-please")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="not reachable"):
-        sm.load("medsam")
+        ck.load("medsam")
 
 
 def test_preprocess_rejects_bad_images(sam):
