@@ -1,4 +1,5 @@
-"""BUSI, the Breast Ultrasound Images dataset, in its published folder layout.
+"""BUSI, the Breast Ultrasound Images dataset, in its published folder layout (real-data loader).
+Used by notebooks 00 (tour), 02 (zero-shot on real images), 05 (PEFT) and 09 (hybrid tuning).
 
 Al-Dhabyani W, Gomaa M, Khaled H, Fahmy A. *Dataset of breast ultrasound images.*
 Data in Brief 28:104863 (2020), doi:10.1016/j.dib.2019.104863. See ``data_cards/busi.md``.

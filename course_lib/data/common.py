@@ -1,5 +1,5 @@
-"""The sample schema shared by SonoSynth and every real-data loader, plus splits,
-few-shot sampling, resizing and conversion to Hugging Face ``datasets``.
+"""The sample schema shared by SonoSynth and every real-data loader, plus splits, few-shot sampling,
+resizing and conversion to Hugging Face ``datasets``. Used by notebooks 00 (schema tour), 02-05 and 09.
 
 A *sample* is a plain ``dict`` with these keys (absent information is ``None``/NaN,
 never a missing key, so code can treat every source alike):

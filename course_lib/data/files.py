@@ -1,5 +1,7 @@
-"""File and folder helpers shared by the real-data loaders (BUSI, HC18, TotalSegmentator):
-finding a dataset folder without silent fallbacks, decoding images/masks with clear errors,
+"""File and folder helpers shared by the real-data loaders (BUSI, HC18, TotalSegmentator, folders).
+Used through those loaders by notebooks 00, 02, 05, 08 and 09 (which also reads its dataset folder).
+
+Finding a dataset folder without silent fallbacks, decoding images/masks with clear errors,
 resizing with or without keeping the aspect ratio, seeded subsets, and building a sample
 with every key of the schema in :mod:`course_lib.data.common`.
 """

@@ -1,4 +1,5 @@
-"""HC18: fetal head circumference from 2D ultrasound, in its published layout.
+"""HC18: fetal head circumference from 2D ultrasound, in its published layout (real-data loader).
+Used by notebook 00 (tour of the real data worlds; measurement task).
 
 van den Heuvel TLA, de Bruijn D, de Korte CL, van Ginneken B. *Automated measurement of fetal
 head circumference using 2D ultrasound images.* PLoS ONE 13(8):e0200412 (2018),

@@ -1,4 +1,5 @@
 """TotalSegmentator example CT: 2D slices with organ label maps, from the published NIfTI files.
+Used by notebooks 00 (tour) and 08 (partial labels on real CT).
 
 Wasserthal J, Breit H-C, Meyer MT, et al. *TotalSegmentator: robust segmentation of 104
 anatomic structures in CT images.* Radiology: Artificial Intelligence 5(5):e230024 (2023),
