@@ -25,14 +25,22 @@ unannotated structure is *unknown*, not background.
     pixel from the kidney dataset is then a *negative* example for "liver", so the model learns to
     suppress structures it only sometimes sees labelled.
 
-(b) :func:`masked_bce_dice` -- the masked loss of the course slide (as used by the partial-label
-    works below): K independent sigmoid outputs (a pixel may belong to several structures or none)
-    and per-structure BCE + soft Dice, each multiplied by ``w_nk`` and normalised by ``sum w``::
+(b) :func:`masked_bce_dice` -- the masked loss of the course slide (FMLLM M4, "How to pre-train?
+    Masked CE", step 3): K independent sigmoid outputs (a pixel may belong to several structures or
+    none) and per-structure BCE + soft Dice, each multiplied by ``w_nk`` and normalised **per
+    sample** by the number of structures annotated for it::
 
-        L = sum_{n,k} w_nk [ BCE(p_nk, y_nk) + Dice(p_nk, y_nk) ] / sum_{n,k} w_nk
+        L_n = 1 / (sum_k w_nk) * sum_k w_nk [ BCE(p_nk, y_nk) + [y_nk != 0] Dice(p_nk, y_nk) ]
+        L   = mean of L_n over the samples with sum_k w_nk > 0
 
-    so channels with ``w_nk = 0`` contribute exactly zero loss *and* zero gradient, and with all
-    ``w = 1`` the loss equals the plain (unmasked) mean BCE + Dice.
+    so channels with ``w_nk = 0`` contribute exactly zero loss *and* zero gradient, every sample
+    counts the same however many structures its study labels (``normalize="batch"``, i.e.
+    ``sum_{n,k} w_nk l_nk / sum_{n,k} w_nk``, is kept for comparison: there samples from studies
+    with more labels weigh more), and with all ``w = 1`` (and every structure present) the loss equals
+    the plain mean BCE + Dice. ``[y_nk != 0]``: a structure that is annotated but *absent* from the
+    image (empty target) gets no Dice term -- its Dice is 0/0, and the smoothed per-sample Dice
+    ``1 - s / (sum p + s)`` is ~1 for any false-positive pixel, a flat, unstable loss -- the BCE term
+    alone teaches "nothing here" (``empty_dice="keep"`` restores the old behaviour).
 
 References: J. Liu, Y. Zhang, J.-N. Chen, J. Xiao, Y. Lu, B. A. Landman, Y. Yuan, A. Yuille,
 Y. Tang, Z. Zhou, "CLIP-Driven Universal Model for Organ Segmentation and Tumor Detection",
@@ -152,29 +160,57 @@ def per_channel_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float =
     return dice_loss(logits, target, smooth=smooth, reduction="none")
 
 
-def masked_mean(per_channel: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``sum(w * l) / sum(w)``; 0 (with zero gradient) when nothing is annotated."""
+# region: partial-masked-mean
+def masked_mean(per_channel: torch.Tensor, w: torch.Tensor, normalize: str = "sample") -> torch.Tensor:
+    """Masked mean of a ``(B, K)`` loss. ``"sample"`` (the slide): ``1/(sum_k w_nk) sum_k w_nk l_nk`` per
+    sample, averaged over the samples with at least one annotated structure. ``"batch"``:
+    ``sum(w * l) / sum(w)``. 0 (with zero gradient) when nothing is annotated."""
+    if normalize not in ("sample", "batch"):
+        raise ValueError(f"normalize must be 'sample' (the slide: 1/sum_k w_nk per sample) or 'batch', got {normalize!r}")
     w = w.to(per_channel.dtype)
-    return (w * per_channel).sum() / w.sum().clamp_min(torch.finfo(per_channel.dtype).tiny)
+    tiny = torch.finfo(per_channel.dtype).tiny
+    if normalize == "batch":
+        return (w * per_channel).sum() / w.sum().clamp_min(tiny)
+    w_n = w.sum(1)  # structures annotated per sample
+    per_sample = (w * per_channel).sum(1) / w_n.clamp_min(tiny)
+    has = (w_n > 0).to(per_channel.dtype)
+    return (has * per_sample).sum() / has.sum().clamp_min(1.0)
+# endregion
 
 
-def masked_bce(logits, target, w):
-    """Masked BCE normalised by ``sum w`` (eq. of the slide, BCE term)."""
+def present(target: torch.Tensor) -> torch.Tensor:
+    """``(B, K)`` float: 1 where channel k of sample n has at least one foreground pixel."""
+    return (target.flatten(2) > 0.5).any(2).to(torch.float32)
+
+
+def _dice_term(logits, target, smooth: float, empty_dice: str) -> torch.Tensor:
+    if empty_dice not in ("skip", "keep"):
+        raise ValueError(f"empty_dice must be 'skip' (no Dice term on annotated-but-absent structures) or 'keep', got {empty_dice!r}")
+    d = per_channel_dice(logits, target, smooth)
+    return d * present(target).to(d.dtype) if empty_dice == "skip" else d
+
+
+def masked_bce(logits, target, w, normalize: str = "sample"):
+    """Masked BCE (the slide's loss with L_SEG = BCE), per-sample normalised."""
     check_partial_inputs(logits, target, w)
-    return masked_mean(per_channel_bce(logits, target), w)
+    return masked_mean(per_channel_bce(logits, target), w, normalize)
 
 
-def masked_dice(logits, target, w, smooth: float = 1e-5):
-    """Masked soft-Dice loss normalised by ``sum w`` (eq. of the slide, Dice term)."""
+def masked_dice(logits, target, w, smooth: float = 1e-5, normalize: str = "sample", empty_dice: str = "skip"):
+    """Masked soft-Dice loss (the slide's loss with L_SEG = Dice); no Dice on annotated-but-absent structures."""
     check_partial_inputs(logits, target, w)
-    return masked_mean(per_channel_dice(logits, target, smooth), w)
+    return masked_mean(_dice_term(logits, target, smooth, empty_dice), w, normalize)
 
 
-def masked_bce_dice(logits, target, w, dice_weight: float = 1.0, smooth: float = 1e-5):
-    """``sum_{n,k} w_nk [BCE_nk + dice_weight * Dice_nk] / sum w`` -- variant (b)."""
+# region: partial-masked-bce-dice
+def masked_bce_dice(logits, target, w, dice_weight: float = 1.0, smooth: float = 1e-5, normalize: str = "sample",
+                    empty_dice: str = "skip"):
+    """Variant (b): ``L_n = sum_k w_nk [BCE_nk + dice_weight [y_nk != 0] Dice_nk] / sum_k w_nk``, averaged
+    over the samples with an annotated structure (module docstring)."""
     check_partial_inputs(logits, target, w)
-    per = per_channel_bce(logits, target) + dice_weight * per_channel_dice(logits, target, smooth)
-    return masked_mean(per, w)
+    per = per_channel_bce(logits, target) + dice_weight * _dice_term(logits, target, smooth, empty_dice)
+    return masked_mean(per, w, normalize)
+# endregion
 
 
 def plain_bce_dice(logits, target, dice_weight: float = 1.0, smooth: float = 1e-5):
@@ -182,6 +218,7 @@ def plain_bce_dice(logits, target, dice_weight: float = 1.0, smooth: float = 1e-
     return bce_dice_loss(logits, target, dice_weight=dice_weight, smooth=smooth)
 
 
+# region: partial-naive-target
 def partial_to_softmax_target(target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Naive class map ``(B, H, W)`` for a ``K + 1``-way softmax: class ``k + 1`` where structure k
     is present *and annotated*, else 0 (background). Unannotated structures become background --
@@ -191,6 +228,7 @@ def partial_to_softmax_target(target: torch.Tensor, w: torch.Tensor) -> torch.Te
     lab = (target > 0.5) & (w[:, :, None, None] > 0.5)
     k = torch.arange(1, target.shape[1] + 1, device=target.device).view(1, -1, 1, 1)
     return (lab.long() * k).amax(1)
+# endregion
 
 
 def naive_softmax_ce(logits: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Masked losses for partially labelled data: the maths of the slide (masking, sum-w normalisation)."""
+"""Masked losses for partially labelled data: the maths of the slide (masking, per-sample 1/sum_k w_nk
+normalisation, no Dice on annotated-but-absent structures)."""
 import numpy as np
 import pytest
 import torch
@@ -44,16 +45,42 @@ def test_equals_plain_loss_when_all_labelled():
     assert torch.allclose(ml.masked_bce(logits, target, w), F.binary_cross_entropy_with_logits(logits, target), atol=1e-6)
 
 
-def test_normalised_by_sum_of_w():
+def test_normalised_per_sample_as_the_slide():
     logits, target = _batch(B=2, K=3)
     per = ml.per_channel_bce(logits, target) + ml.per_channel_dice(logits, target)
     w = torch.tensor([[1, 0, 1], [0, 0, 1]], dtype=torch.float32)
-    expected = (per[0, 0] + per[0, 2] + per[1, 2]) / 3  # sum w = 3, not B*K = 6
+    # sample 0 labels two structures, sample 1 one: each sample counts once (1 / sum_k w_nk)
+    expected = ((per[0, 0] + per[0, 2]) / 2 + per[1, 2]) / 2
     assert torch.allclose(ml.masked_bce_dice(logits, target, w), expected, atol=1e-6)
-    # a single annotated channel: the loss is that channel's loss, whatever the batch size
-    w1 = torch.zeros(2, 3)
-    w1[1, 1] = 1
-    assert torch.allclose(ml.masked_bce_dice(logits, target, w1), per[1, 1], atol=1e-6)
+    # the batch normalisation (sum_nk w) weighs sample 0 twice as much
+    batch = (per[0, 0] + per[0, 2] + per[1, 2]) / 3
+    assert torch.allclose(ml.masked_bce_dice(logits, target, w, normalize="batch"), batch, atol=1e-6)
+    assert not torch.allclose(expected, batch)
+    # a sample with nothing annotated does not dilute the mean
+    w3 = torch.tensor([[1, 0, 1], [0, 0, 0]], dtype=torch.float32)
+    assert torch.allclose(ml.masked_bce_dice(logits, target, w3), (per[0, 0] + per[0, 2]) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="normalize"):
+        ml.masked_bce_dice(logits, target, w, normalize="pixels")
+
+
+def test_annotated_but_absent_structure_gets_bce_only():
+    logits, target = _batch(B=2, K=2)
+    target = target.detach().clone()
+    target[0, 1] = 0  # structure 1 annotated in sample 0 but absent from the image
+    w = torch.ones(2, 2)
+    bce = ml.per_channel_bce(logits, target)
+    dice = ml.per_channel_dice(logits, target)
+    assert dice[0, 1] > 0.99  # the smoothed Dice of an empty target is ~1 whatever is predicted
+    expected = ((bce[0, 0] + dice[0, 0] + bce[0, 1]) / 2 + (bce[1] + dice[1]).sum() / 2) / 2
+    assert torch.allclose(ml.masked_bce_dice(logits, target, w), expected, atol=1e-6)
+    keep = ((bce[0] + dice[0]).sum() / 2 + (bce[1] + dice[1]).sum() / 2) / 2
+    assert torch.allclose(ml.masked_bce_dice(logits, target, w, empty_dice="keep"), keep, atol=1e-6)
+    # a single false-positive pixel costs ~1 with the kept Dice, almost nothing without it
+    lg = torch.full((1, 1, 8, 8), -12.0)
+    lg[0, 0, 0, 0] = 12.0
+    empty, one = torch.zeros(1, 1, 8, 8), torch.ones(1, 1)
+    assert ml.masked_dice(lg, empty, one, empty_dice="keep").item() > 0.99
+    assert ml.masked_bce_dice(lg, empty, one).item() < 0.2
 
 
 def test_nothing_annotated_gives_zero_loss_and_no_nan():

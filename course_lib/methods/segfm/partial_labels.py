@@ -12,10 +12,12 @@ are kept in ``full_targets`` for evaluation only.
 
 * ``mode="naive"`` -- softmax over K + 1 classes, unannotated structures treated as
   background, CE + Dice (:func:`course_lib.losses.naive_softmax_ce_dice`), or
-* ``mode="masked"`` -- K sigmoid outputs and the masked BCE + Dice loss normalised by
-  ``sum w`` (:func:`course_lib.losses.masked_bce_dice`),
+* ``mode="masked"`` -- K sigmoid outputs and the masked BCE + Dice loss normalised per sample by
+  ``sum_k w_nk`` as on the course slide, with no Dice term on annotated-but-absent structures
+  (:func:`course_lib.losses.masked_bce_dice`),
 
-and :func:`per_structure_dice` compares them on fully labelled test images. See
+and :func:`per_structure_dice` compares them on fully labelled test images (every image counts: a
+false positive on an image without the structure scores 0; :func:`false_positive_rate` reports how often). See
 :mod:`course_lib.losses` for the maths and the references (Liu et al.,
 "CLIP-Driven Universal Model", ICCV 2023).
 """
@@ -193,12 +195,33 @@ def predict_partial(net, images: np.ndarray, mode: str, batch_size: int = 64) ->
     return np.concatenate(outs).astype(bool)
 
 
-def per_structure_dice(pred: np.ndarray, target: np.ndarray, structures: Sequence[str]) -> dict:
-    """Mean Dice (:func:`course_lib.metrics.dice`) per structure over the images where that structure is
-    present in ``target``."""
+def per_structure_dice(pred: np.ndarray, target: np.ndarray, structures: Sequence[str], images: str = "all") -> dict:
+    """Mean Dice (:func:`course_lib.metrics.dice`) per structure.
+
+    ``images="all"`` (default): over every test image, with the course's empty-mask convention -- an
+    image without the structure scores 1 if nothing is predicted and 0 for any false positive, so a
+    head that over-predicts is penalised. ``images="present"``: only the images that show the structure
+    (false positives elsewhere are ignored; the former behaviour, kept for comparison).
+    """
+    if images not in ("all", "present"):
+        raise ValueError(f"images must be 'all' or 'present', got {images!r}")
+    pred, target = np.asarray(pred).astype(bool), np.asarray(target)
+    if pred.shape != target.shape or pred.ndim != 4 or pred.shape[1] != len(structures):
+        raise ValueError(f"pred and target must both be (N, K={len(structures)}, H, W), got {pred.shape} and {target.shape}")
     out = {}
     for k, name in enumerate(structures):
         t = target[:, k] > 0.5
-        present = t.reshape(len(t), -1).any(1)
-        out[name] = float(metrics.dice(pred[present, k], t[present]).mean()) if present.any() else float("nan")
+        keep = t.reshape(len(t), -1).any(1) if images == "present" else np.ones(len(t), bool)
+        out[name] = float(metrics.dice(pred[keep, k], t[keep]).mean()) if keep.any() else float("nan")
+    return out
+
+
+def false_positive_rate(pred: np.ndarray, target: np.ndarray, structures: Sequence[str]) -> dict:
+    """Per structure: the share of test images *without* the structure on which it is predicted anyway
+    (NaN when every image shows it)."""
+    pred, target = np.asarray(pred).astype(bool), np.asarray(target)
+    out = {}
+    for k, name in enumerate(structures):
+        absent = ~(target[:, k] > 0.5).reshape(len(target), -1).any(1)
+        out[name] = float(pred[absent, k].reshape(int(absent.sum()), -1).any(1).mean()) if absent.any() else float("nan")
     return out

@@ -44,12 +44,19 @@ def test_partial_nets_have_k_or_k_plus_1_outputs_and_train():
         pl.build_net("softmax", 2)
 
 
-def test_per_structure_dice_only_counts_images_with_the_structure():
+def test_per_structure_dice_counts_false_positives_on_images_without_the_structure():
     t = np.zeros((2, 1, 4, 4), np.float32)
     t[0, 0, :2] = 1
     p = np.zeros((2, 1, 4, 4), bool)
     p[0, 0, :1] = True
-    p[1, 0] = True  # false positives on an image without the structure are not counted here
-    assert pl.per_structure_dice(p, t, ("x",)) == pytest.approx({"x": 2 * 4 / (4 + 8)})
-
-
+    p[1, 0] = True  # a false positive on an image without the structure: Dice 0 there
+    d0 = 2 * 4 / (4 + 8)
+    assert pl.per_structure_dice(p, t, ("x",)) == pytest.approx({"x": (d0 + 0.0) / 2})
+    assert pl.per_structure_dice(p, t, ("x",), images="present") == pytest.approx({"x": d0})
+    p[1, 0] = False  # nothing predicted where nothing is: Dice 1 there
+    assert pl.per_structure_dice(p, t, ("x",)) == pytest.approx({"x": (d0 + 1.0) / 2})
+    assert pl.false_positive_rate(p, t, ("x",)) == {"x": 0.0}
+    p[1, 0, 0, 0] = True
+    assert pl.false_positive_rate(p, t, ("x",)) == {"x": 1.0}
+    with pytest.raises(ValueError, match="images must be"):
+        pl.per_structure_dice(p, t, ("x",), images="some")
