@@ -69,6 +69,7 @@ class Profile:
     pin_memory: bool
     max_real: int  # cap on real images loaded per dataset (0 = no cap)
     threads: int = 1  # torch CPU threads fixed by setup() (0 = leave torch's default); COURSE_THREADS overrides
+    smoke: bool = False  # COURSE_SMOKE=1: the profile's code paths and input sizes, with quick-profile counts
     seed: int = 0
     _sections: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -101,7 +102,10 @@ class Profile:
                 f"no profile section {name!r} is registered (known: {known}). "
                 f"Import the module that defines it (it calls runtime.register_section) first."
             )
-        return SimpleNamespace(**_SECTIONS[name][self.name])
+        values = _SECTIONS[name][self.name]
+        if self.smoke:
+            values = smoke_values(_SECTIONS[name]["quick"], values)
+        return SimpleNamespace(**values)
 
     def with_(self, **changes: Any) -> "Profile":
         """A copy with some sizes changed, e.g. ``P.with_(epochs=1)`` for a test."""
@@ -150,6 +154,25 @@ _BASE = {
 
 _SECTIONS: dict[str, dict[str, dict]] = {}
 
+#: in smoke mode these keys keep the profile's own value (shapes: what a GPU learner's code path depends on);
+#: every other key (counts, steps, epochs, samples, seeds, shot lists) takes the quick profile's value
+SMOKE_SHAPE_WORDS = ("image_size", "img_size", "resolution", "patch", "width", "depth", "rank", "dim", "backbone",
+                     "heads", "channels", "features", "layers", "prompt_len", "experts")
+
+
+def smoke_values(quick: dict, full: dict) -> dict:
+    """Full-profile shapes with quick-profile counts (see :data:`SMOKE_SHAPE_WORDS`)."""
+    return {k: (v if any(w in k for w in SMOKE_SHAPE_WORDS) else quick.get(k, v)) for k, v in full.items()}
+
+
+def smoke_mode() -> bool:
+    """``COURSE_SMOKE=1``: run the (full) profile's code paths at their real input sizes with quick-profile
+    counts, so a CPU executes every notebook in minutes (``make smoke-full``)."""
+    v = os.environ.get("COURSE_SMOKE", "").strip().lower()
+    if v not in ("", "0", "1", "true", "false", "yes", "no"):
+        raise ValueError(f"COURSE_SMOKE must be 1 or 0, got {v!r}")
+    return v in ("1", "true", "yes")
+
 
 def register_section(name: str, *, quick: dict, full: dict) -> None:
     """Declare the sizes a module needs, once per profile (same keys in both).
@@ -196,6 +219,10 @@ def get_profile(name: str | None = None) -> Profile:
             raise ValueError(f"COURSE_THREADS must be an integer >= 0 (0 = torch's default), got {env_threads!r}") from None
         if base["threads"] < 0:
             raise ValueError(f"COURSE_THREADS must be an integer >= 0 (0 = torch's default), got {env_threads!r}")
+    if smoke_mode():
+        shapes = {k: v for k, v in base.items() if any(w in k for w in SMOKE_SHAPE_WORDS)}
+        base = {**_BASE["quick"], **shapes, "smoke": True, "seeds": (0,), "max_real": 16,
+                "threads": base["threads"]}
     return Profile(name=name, **base)
 
 
@@ -430,7 +457,7 @@ def summary(profile: Profile | None = None, print_: bool = True) -> str:
         for name in ("busi_gt", "busi_256", "hc18", "totalseg")
     }
     lines = [
-        f"profile   : {profile.name} (image {profile.image_size}px, {profile.epochs} epochs, "
+        f"profile   : {profile.name}{' SMOKE (counts capped)' if profile.smoke else ''} (image {profile.image_size}px, {profile.epochs} epochs, "
         f"batch {profile.batch_size}, seeds {list(profile.seeds)}, torch threads {torch.get_num_threads()})",
         f"device    : {dev.type} ({gpu}), AMP {str(amp).replace('torch.', '') if amp else 'off'}",
         f"versions  : python {platform.python_version()}, torch {torch.__version__}, CUDA {cuda}",

@@ -233,3 +233,20 @@ def test_setup_fixes_the_thread_count(monkeypatch):
         assert torch.get_num_threads() == 1  # the quick profile's default
     finally:
         torch.set_num_threads(before)
+
+
+def test_smoke_mode_keeps_full_shapes_with_quick_counts(monkeypatch):
+    runtime.register_section("smoke_test_section", quick=dict(image_size=64, steps=10, lora_rank=2, shots=(1, 2)),
+                             full=dict(image_size=224, steps=5000, lora_rank=8, shots=(1, 2, 4, 8, 16)))
+    monkeypatch.setenv("COURSE_SMOKE", "1")
+    P = runtime.get_profile("full")
+    assert P.smoke and P.name == "full" and P.image_size == 224 and P.clip_image_size == 224
+    assert P.n_train == runtime._BASE["quick"]["n_train"] and P.epochs == runtime._BASE["quick"]["epochs"]
+    assert P.seeds == (0,)
+    sec = P.section("smoke_test_section")
+    assert (sec.image_size, sec.lora_rank, sec.steps, sec.shots) == (224, 8, 10, (1, 2))
+    monkeypatch.setenv("COURSE_SMOKE", "maybe")
+    with pytest.raises(ValueError, match="COURSE_SMOKE"):
+        runtime.get_profile("full")
+    monkeypatch.delenv("COURSE_SMOKE")
+    assert not runtime.get_profile("full").smoke and runtime.get_profile("full").section("smoke_test_section").steps == 5000
