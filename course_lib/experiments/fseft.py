@@ -1,4 +1,5 @@
 """FSEFT comparison: few-shot adaptation of ``segfm-tiny`` with black-box adapters, PEFT and fine-tuning.
+Used by notebook 05 (live slice, the cached sweep and every table it prints).
 
 Paper: Silva-Rodríguez, Dolz, Ben Ayed, "Towards foundation models and few-shot parameter-efficient
 fine-tuning for volumetric organ segmentation", Medical Image Analysis 2025 (FSEFT). Its protocol:
@@ -20,8 +21,9 @@ task                       what
 ========================  =====================================================================
 
 Each (method, task, shots, seed) run: draw ``shots`` support images (seeded), build the method with
-:func:`course_lib.methods.peft_variants.prepare`, train ``steps`` full-batch Adam steps on
-BCE + soft-Dice with flips, and report test Dice (threshold 0.5), trainable parameters, training
+:func:`course_lib.methods.peft.strategies.prepare`, train ``steps`` full-batch Adam steps on
+BCE + soft-Dice (:func:`course_lib.losses.bce_dice_loss`, batch Dice) with flips through
+:func:`course_lib.train.fit`, and report test Dice (threshold 0.5), trainable parameters, training
 wall time and peak memory (``torch.cuda.max_memory_allocated`` on CUDA; on CPU the peak *resident
 set* increase, sampled every 2 ms in a thread — noisy, allocator caching included).
 
@@ -30,7 +32,7 @@ committed ``course_lib/assets/fseft_<profile>.json`` when its fingerprint matche
 and checkpoint, and otherwise re-runs :func:`run_sweep` and stores the result under
 ``runtime.cache_dir("fseft")``. Rebuild the committed file with::
 
-    python -m course_lib.methods.fseft --profile quick --out course_lib/assets/fseft_quick.json
+    python -m course_lib.experiments.fseft --profile quick --out course_lib/assets/fseft_quick.json
 """
 from __future__ import annotations
 
@@ -44,10 +46,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
-from course_lib import runtime
-from course_lib.methods import peft_variants as pv
+from course_lib import checkpoints, losses, runtime, train
+from course_lib.methods.peft import strategies as pv
 
 __all__ = [
     "TASKS",
@@ -58,7 +59,19 @@ __all__ = [
     "rank_sweep",
     "results",
     "summary_table",
+    "live_vs_cached",
+    "fseft_table",
+    "family_best",
+    "rank_summary",
+    "arena_layer_ranks",
+    "paper_check",
     "fingerprint",
+    "run_controls",
+    "controls",
+    "controls_fingerprint",
+    "arena_vs_lora",
+    "rank_vs_lambda",
+    "decoder_factor",
 ]
 
 TASKS = {
@@ -130,14 +143,6 @@ def support_indices(n_pool: int, shots: int, seed: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- training
-def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy + soft Dice, the usual few-shot segmentation loss."""
-    bce = F.binary_cross_entropy_with_logits(logits, target)
-    p = torch.sigmoid(logits)
-    dice = (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
-    return bce + 1 - dice
-
-
 class _PeakRSS:
     """Peak increase of the resident set size, sampled in a thread (CPU memory proxy)."""
 
@@ -174,16 +179,14 @@ class _PeakRSS:
 
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    model.eval()
-    device = next(model.parameters()).device
-    out = [torch.sigmoid(model(x[i : i + batch_size].to(device)).float()).cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(out)[:, 0]
-
-
+# region: fseft-run-one
 def run_one(fm, method: str, task: dict, shots: int, seed: int, steps: int, record_v: bool = False, **overrides) -> dict:
-    """Adapt ``fm`` to ``task`` with ``shots`` images and ``method``; returns one result row."""
+    """Adapt ``fm`` to ``task`` with ``shots`` images and ``method``; returns one result row.
+
+    Full-batch Adam (the strategy's param groups) for ``steps`` steps on
+    ``losses.bce_dice_loss(..., batch=True)``, a seeded horizontal flip per step, trained by
+    :func:`course_lib.train.fit`; black-box strategies compute the frozen features once.
+    """
     from course_lib import metrics
 
     device = next(fm.parameters()).device
@@ -193,9 +196,37 @@ def run_one(fm, method: str, task: dict, shots: int, seed: int, steps: int, reco
     ys = torch.from_numpy(task["y_pool"][idx])[:, None].to(device)
     ad = pv.prepare(method, fm, task["structure"], **overrides)
     model = ad.model.to(device)
-    opt = ad.optimizer()
     g = torch.Generator().manual_seed(seed)
-    v_path = []
+    v_path: list = []
+    feats = None
+
+    def batch(step):  # the support set, flipped with probability 1/2
+        flip = torch.rand(1, generator=g).item() < 0.5
+        return step, flip
+
+    def forward(m, b):
+        step, flip = b
+        if ad.on_step is not None:
+            ad.on_step(step, steps)
+        m.train()
+        yb = ys.flip(-1) if flip else ys
+        if m.black_box:  # frozen foundation model: features computed once (both flips)
+            m.fm.eval()
+            logits = m.from_features(feats[int(flip)].float())
+        else:
+            logits = m(xs.flip(-1) if flip else xs)
+        return losses.bce_dice_loss(logits.float(), yb, batch=True)
+
+    hook = ad.fit_after_step(steps)
+
+    def after_step(step, m, opt):
+        if hook is not None:
+            hook(step, m, opt)
+        if record_v and method == "arena":
+            from course_lib.methods.peft import arena
+
+            v_path.append(arena.v_values(m.fm))
+
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize()
@@ -203,44 +234,26 @@ def run_one(fm, method: str, task: dict, shots: int, seed: int, steps: int, reco
         base = torch.cuda.memory_allocated(device)
     t0 = time.perf_counter()
     with _PeakRSS() as rss:
-        if model.black_box:  # the foundation model is frozen: compute its features once (both flips)
+        if model.black_box:
             with runtime.autocast(device):
                 feats = (model.frozen_features(xs), model.frozen_features(xs.flip(-1)))
-        for step in range(steps):
-            if ad.on_step is not None:
-                ad.on_step(step, steps)
-            model.train()
-            flip = torch.rand(1, generator=g).item() < 0.5  # horizontal flip augmentation
-            yb = ys.flip(-1) if flip else ys
-            with runtime.autocast(device):
-                if model.black_box:
-                    model.fm.eval()
-                    logits = model.from_features(feats[int(flip)].float())
-                else:
-                    logits = model(xs.flip(-1) if flip else xs)
-                loss = bce_dice_loss(logits.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if ad.after_step is not None:
-                ad.after_step(opt, step, steps)
-            if record_v and method == "arena":
-                from course_lib.methods import arena
-
-                v_path.append(arena.v_values(model.fm))
+        hist = train.fit(model, batch, steps=steps, optimizer=ad.optimizer(), scheduler=None, forward=forward,
+                         after_step=after_step, progress=False)
         if cuda:
             torch.cuda.synchronize()
     train_s = time.perf_counter() - t0
     mem_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if cuda else rss.mb
-    prob = predict(model, torch.from_numpy(task["x_test"]))
+    prob = train.predict(model, torch.from_numpy(task["x_test"]), batch_size=64,
+                         fn=lambda m, xb: torch.sigmoid(m(xb).float()))[:, 0]
     dice = metrics.dice((prob > 0.5).numpy(), task["y_test"] > 0.5)
     row = dict(
         method=method, family=pv.FAMILIES[method], task=task["name"], shots=int(shots), seed=int(seed),
         dice=float(np.mean(dice)), trainable=int(ad.trainable()), train_s=round(train_s, 3), peak_mb=round(float(mem_mb), 2),
-        memory="cuda max_memory_allocated" if cuda else "cpu peak RSS increase (sampled)", final_loss=round(float(loss.item()), 4),
+        memory="cuda max_memory_allocated" if cuda else "cpu peak RSS increase (sampled)",
+        final_loss=round(float(hist["step_loss"][-1]), 4),
     )
     if method == "arena":
-        from course_lib.methods import arena
+        from course_lib.methods.peft import arena
 
         row["effective_ranks"] = arena.effective_ranks(model.fm)
         if record_v:
@@ -248,6 +261,7 @@ def run_one(fm, method: str, task: dict, shots: int, seed: int, steps: int, reco
     if "rank" in ad.info and method == "lora":
         row["rank"] = ad.info["rank"]
     return row
+# endregion
 
 
 # ---------------------------------------------------------------------- sweeps and caching
@@ -257,8 +271,8 @@ def fingerprint(profile=None) -> str:
 
     P = profile or runtime.get_profile()
     S = {k: v for k, v in vars(P.section("fseft")).items() if not k.startswith("live_")}  # live_* only pick a slice
-    ck = sf.sha256(sf.CHECKPOINT) if sf.CHECKPOINT.exists() else "missing"
-    blob = json.dumps(dict(S=S, defaults=pv.DEFAULTS, ck=ck, version=3), sort_keys=True, default=str)
+    ck = checkpoints.sha256_file(sf.CHECKPOINT) if sf.CHECKPOINT.exists() else "missing"
+    blob = json.dumps(dict(S=S, defaults=pv.DEFAULTS, ck=ck, version=4), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -286,7 +300,7 @@ def run_sweep(profile=None, fm=None, verbose: bool = True) -> dict:
     return dict(
         profile=P.name, fingerprint=fingerprint(P), device=str(next(fm.parameters()).device), threads=torch.get_num_threads(),
         seconds=round(time.perf_counter() - t0, 1), skipped=skipped, rows=rows, rank_sweep=ranks,
-        command=f"python -m course_lib.methods.fseft --profile {P.name}",
+        command=f"python -m course_lib.experiments.fseft --profile {P.name}",
     )
 
 
@@ -349,14 +363,271 @@ def summary_table(rows: list[dict]):
     return out
 
 
+# ---------------------------------------------------------------------- controls (issue 13, defect 5)
+runtime.register_section(
+    "fseft_controls",
+    quick=dict(tasks=("lesion@D", "kidney"), shots=10, seeds=(0, 1, 2), arena_lams=(0.0, 1e-3, 5e-3, 2e-2, 1e-1),
+               decoder_methods=pv.DECODER_FACTOR_METHODS),
+    full=dict(tasks=("lesion@D", "kidney"), shots=10, seeds=(0, 1, 2, 3, 4), arena_lams=(0.0, 1e-3, 5e-3, 2e-2, 1e-1),
+              decoder_methods=pv.DECODER_FACTOR_METHODS),
+)
+
+
+def controls_fingerprint(profile=None) -> str:
+    """Hash of the main sweep's fingerprint and the controls' sizes."""
+    P = profile or runtime.get_profile()
+    C = vars(P.section("fseft_controls"))
+    blob = json.dumps(dict(main=fingerprint(P), C=C, version=1), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_controls(profile=None, fm=None, verbose: bool = True) -> dict:
+    """The controls that de-confound ARENA vs LoRA and additive vs selective PEFT (same steps, lrs, seeds
+    and support draws as the main sweep; ``shots`` images):
+
+    * ``lam_rows``: ARENA from the rank sweep's top rank at every ``arena_lams`` value, ``0`` included
+      (ARENA with lambda = 0 is LoRA of that rank plus the ``v`` diagonal);
+    * ``decoder_rows``: every strategy of ``decoder_methods`` with the decoder explicitly frozen and
+      tuned (:func:`course_lib.methods.peft.strategies.apply_decoder_choice`); the strategy's own
+      default is the main sweep's row.
+
+    LoRA at ARENA's starting rank is the rank sweep's top rank (same seeds, same shots)."""
+    from tqdm.auto import tqdm
+
+    from course_lib.models import seg_foundation as sf
+
+    P = profile or runtime.get_profile()
+    S, C = P.section("fseft"), P.section("fseft_controls")
+    fm = fm or sf.load()
+    tasks = {t: load_task(t, S.n_pool, S.n_test, fm.image_size) for t in C.tasks}
+    top = max(S.rank_sweep_ranks)
+    jobs = [("lam", t, s, lam) for t in tasks for s in C.seeds for lam in C.arena_lams]
+    for m in C.decoder_methods:
+        for choice in pv.DECODER_CHOICES:
+            default_frozen = m in ("lora", "arena", "adaptformer")
+            if choice == "frozen" and default_frozen:
+                continue  # identical to the main sweep's row
+            jobs += [("decoder", t, s, (m, choice)) for t in tasks for s in C.seeds]
+    lam_rows, dec_rows = [], []
+    t0 = time.perf_counter()
+    for kind, t, s, arg in tqdm(jobs, desc="FSEFT controls", disable=not verbose):
+        if kind == "lam":
+            row = run_one(fm, "arena", tasks[t], C.shots, s, S.steps, arena_rank=top, arena_lam=arg)
+            row["lam"] = float(arg)
+            lam_rows.append(row)
+        else:
+            m, choice = arg
+            row = run_one(fm, m, tasks[t], C.shots, s, S.steps, decoder=choice)
+            row["decoder"] = choice
+            dec_rows.append(row)
+    return dict(profile=P.name, fingerprint=controls_fingerprint(P), seconds=round(time.perf_counter() - t0, 1),
+                arena_rank=top, lam_rows=lam_rows, decoder_rows=dec_rows,
+                command=f"python -m course_lib.experiments.fseft --profile {P.name} --controls")
+
+
+def controls(profile=None, rebuild: bool = False, verbose: bool = True) -> dict:
+    """The controls of the active profile: cache -> committed asset (fingerprint match) -> rebuild."""
+    P = profile or runtime.get_profile()
+    fp = controls_fingerprint(P)
+    cache = runtime.cache_dir("fseft") / f"fseft_controls_{P.name}_{fp}.json"
+    if cache.exists() and not rebuild:
+        return json.loads(cache.read_text())
+    asset = runtime.PACKAGE_DIR / "assets" / f"fseft_controls_{P.name}.json"
+    if asset.exists() and not rebuild:
+        data = json.loads(asset.read_text())
+        if data.get("fingerprint") == fp:
+            return data
+        if verbose:
+            print(f"{asset.name} was made with other settings (fingerprint {data.get('fingerprint')} != {fp}); rebuilding")
+    data = run_controls(P, verbose=verbose)
+    with checkpoints.atomic_write(cache, "w") as f:
+        f.write(json.dumps(data))
+    return data
+
+
+def arena_vs_lora(sweep: dict, ctrl: dict):
+    """Dice mean ± sd over seeds per task: LoRA at the default rank, LoRA at ARENA's starting rank,
+    and ARENA at every lambda (0 = no penalty), with trainable parameters and the mean effective rank.
+    Also returns the paired (same seed) differences ARENA(default lambda) - LoRA(starting rank)."""
+    import pandas as pd
+
+    top = ctrl["arena_rank"]
+    lam0 = float(pv.DEFAULTS["arena_lam"])
+    rows = []
+    for r in sweep["rank_sweep"]:
+        if r["method"] == "lora" and r.get("rank") in (pv.DEFAULTS["rank"], top):
+            rows.append(dict(task=r["task"], seed=r["seed"], config=f"LoRA r={r['rank']}", trainable=r["trainable"],
+                             dice=r["dice"], eff_rank=float(r["rank"])))
+    for r in ctrl["lam_rows"]:
+        rows.append(dict(task=r["task"], seed=r["seed"], config=f"ARENA r={top}, λ={r['lam']:g}", trainable=r["trainable"],
+                         dice=r["dice"], eff_rank=float(np.mean(list(r["effective_ranks"].values())))))
+    df = pd.DataFrame(rows)
+    summ = df.groupby(["task", "config"], sort=False).agg(
+        dice_mean=("dice", "mean"), dice_sd=("dice", "std"), eff_rank=("eff_rank", "mean"),
+        trainable=("trainable", "first"), n_seeds=("seed", "nunique")).reset_index()
+    summ["dice"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(summ.dice_mean, summ.dice_sd.fillna(0))]
+    a = df[df.config == f"ARENA r={top}, λ={lam0:g}"].set_index(["task", "seed"]).dice
+    lo = df[df.config == f"LoRA r={top}"].set_index(["task", "seed"]).dice
+    paired = (a - lo).dropna().rename("arena_minus_lora").reset_index()
+    return summ, paired
+
+
+def rank_vs_lambda(ctrl: dict):
+    """Effective rank (mean over layers) and Dice vs lambda, mean ± sd over seeds, per task."""
+    import pandas as pd
+
+    df = pd.DataFrame([dict(task=r["task"], seed=r["seed"], lam=r["lam"], dice=r["dice"],
+                            eff_rank=float(np.mean(list(r["effective_ranks"].values()))),
+                            min_rank=min(r["effective_ranks"].values()), max_rank=max(r["effective_ranks"].values()))
+                       for r in ctrl["lam_rows"]])
+    return df.groupby(["task", "lam"]).agg(eff_rank=("eff_rank", "mean"), eff_rank_sd=("eff_rank", "std"),
+                                           min_rank=("min_rank", "min"), max_rank=("max_rank", "max"),
+                                           dice=("dice", "mean"), dice_sd=("dice", "std")).reset_index()
+
+
+def decoder_factor(sweep: dict, ctrl: dict):
+    """Dice mean ± sd per (task, method) for decoder default / frozen / tuned (10 shots), with trainable
+    counts: the decoder treatment as a separate factor of the PEFT comparison."""
+    import pandas as pd
+
+    C_tasks = {r["task"] for r in ctrl["decoder_rows"]}
+    shots = ctrl["decoder_rows"][0]["shots"] if ctrl["decoder_rows"] else None
+    methods = {r["method"] for r in ctrl["decoder_rows"]}
+    rows = [dict(r, decoder="default") for r in sweep["rows"]
+            if r["task"] in C_tasks and r["shots"] == shots and r["method"] in methods]
+    rows += ctrl["decoder_rows"]
+    df = pd.DataFrame(rows)
+    df["decoder"] = [("frozen (default)" if m in ("lora", "arena", "adaptformer") else "partly tuned (default)")
+                     if d == "default" else d for m, d in zip(df.method, df.decoder)]
+    g = df.groupby(["task", "method", "decoder"], sort=False).agg(
+        dice_mean=("dice", "mean"), dice_sd=("dice", "std"), trainable=("trainable", "first")).reset_index()
+    g["dice"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(g.dice_mean, g.dice_sd.fillna(0))]
+    return g
+
+
+# ---------------------------------------------------------------------- the notebook's tables
+def live_vs_cached(live: list[dict], sweep: dict):
+    """DataFrame comparing live runs with the cached sweep's rows of the same (method, task, shots, seed)."""
+    import pandas as pd
+
+    cached = {(r["method"], r["task"], r["shots"], r["seed"]): r for r in sweep["rows"]}
+    rows = []
+    for r in live:
+        key = (r["method"], r["task"], r["shots"], r["seed"])
+        if key not in cached:
+            raise KeyError(f"the cached sweep has no run {key}; the live slice must be part of the sweep's grid")
+        c = cached[key]
+        rows.append(dict(method=r["method"], trainable=r["trainable"], dice_live=round(r["dice"], 3),
+                         dice_cached=round(c["dice"], 3), train_s=r["train_s"]))
+    return pd.DataFrame(rows)
+
+
+def fseft_table(tab, tasks, shots, methods=None):
+    """``(table, dice)``: ``dice`` is Dice ``mean ± std`` per method (rows) x (task, shots) (columns);
+    ``table`` adds family, trainable parameters and time/memory of the first task at the largest shots."""
+    import pandas as pd
+
+    order = list(methods or pv.METHODS)
+    dice = tab.pivot_table(index="method", columns=["task", "shots"], values="dice", aggfunc="first").reindex(order)
+    info = tab[(tab.task == tasks[0]) & (tab.shots == max(shots))].set_index("method").reindex(order)
+    table = pd.concat([info[["family", "trainable"]], info[["train_s", "peak_mb"]].round(2), dice], axis=1)
+    table.columns = [" ".join(map(str, c)) if isinstance(c, tuple) else c for c in table.columns]
+    return table, dice
+
+
+def family_best(tab):
+    """Best mean Dice of each family (max over its methods) per (task, shots)."""
+    return tab.groupby(["task", "shots", "family"]).dice_mean.max().unstack("family")
+
+
+def arena_label(top_rank: int) -> str:
+    return f"ARENA (from {top_rank})"
+
+
+def rank_summary(rank_rows: list[dict], top_rank: int):
+    """``(summary, best_rank)`` of the LoRA rank sweep: Dice mean/std, mean effective rank (ARENA) and
+    trainable parameters per (task, rank label); ``best_rank[task]`` = the best fixed LoRA rank."""
+    import pandas as pd
+
+    rs = pd.DataFrame(rank_rows)
+    label = arena_label(top_rank)
+    rs["label"] = [label if m == "arena" else int(r) for m, r in zip(rs.method, rs.get("rank", np.nan).fillna(0))]
+    rs["eff_rank"] = [np.mean(list(e.values())) if isinstance(e, dict) else np.nan
+                      for e in rs.get("effective_ranks", [None] * len(rs))]
+    summ = rs.groupby(["task", "label"], sort=False).agg(dice=("dice", "mean"), std=("dice", "std"),
+                                                         eff_rank=("eff_rank", "mean"), trainable=("trainable", "first"))
+    best_rank = {t: int(summ.loc[t].drop(label).dice.idxmax()) for t in dict.fromkeys(rs.task)}
+    return summ, best_rank
+
+
+def arena_layer_ranks(rank_rows: list[dict]):
+    """DataFrame task x layer of ARENA's selected rank (mean over seeds)."""
+    import pandas as pd
+
+    heat = {}
+    for t in dict.fromkeys(r["task"] for r in rank_rows):
+        ranks = [r["effective_ranks"] for r in rank_rows if r["method"] == "arena" and r["task"] == t]
+        heat[t] = {k.split("resblocks.")[1]: np.mean([e[k] for e in ranks]) for k in ranks[0]}
+    return pd.DataFrame(heat).T
+
+
+def paper_check(tab, tasks, shots, tol: float = 0.02):
+    """The FSEFT slides' / ARENA paper's findings checked on our table (a DataFrame of verdicts).
+
+    ``tasks[0]`` is the known-structure task, the others novel; black-box "competitive" means within
+    ``tol`` Dice of the best other family."""
+    import pandas as pd
+
+    def best(task, k, fam_):
+        d = tab[(tab.task == task) & (tab.shots == k) & (tab.family == fam_)]
+        return d.dice_mean.max(), d.loc[d.dice_mean.idxmax(), "method"]
+
+    def dm(method, task, k):
+        return float(tab[(tab.method == method) & (tab.task == task) & (tab.shots == k)].dice_mean.iloc[0])
+
+    present = set(tab.task)
+    known, novel = tasks[0], [t for t in tasks[1:] if t in present]
+    lo_k, hi_k = min(shots), max(shots)
+    others = ("additive PEFT", "selective PEFT", "fine-tuning", "survey strategy")
+    rows = []
+    bb, bbm = best(known, lo_k, "black-box")
+    ot = max(best(known, lo_k, f)[0] for f in others)
+    rows.append(("black-box competitive at very low shots, known task", "yes", "yes" if bb >= ot - tol else "no",
+                 f"{known}, {lo_k} shots: best black-box {bb:.3f} ({bbm}) vs best PEFT/FT {ot:.3f}"))
+    for t in novel:
+        bb, bbm = best(t, hi_k, "black-box")
+        ot = max(best(t, hi_k, f)[0] for f in others)
+        rows.append(("black-box not competitive on novel tasks", "yes", "yes" if bb < ot - tol else "no",
+                     f"{t}, {hi_k} shots: best black-box {bb:.3f} ({bbm}) vs best PEFT/FT {ot:.3f}"))
+    for t in [known, *novel]:
+        a, am = best(t, hi_k, "additive PEFT")
+        s_, sm = best(t, hi_k, "selective PEFT")
+        rows.append(("additive PEFT > selective PEFT", "yes", "yes" if a > s_ else "no",
+                     f"{t}, {hi_k} shots: additive {a:.3f} ({am}) vs selective {s_:.3f} ({sm})"))
+    for t in [known, *novel]:
+        a, l_ = dm("arena", t, hi_k), dm("lora", t, hi_k)
+        rows.append((f"ARENA > LoRA at {hi_k} shots", "yes", "yes" if a > l_ else "no",
+                     f"{t}: ARENA {a:.3f} vs LoRA (r={pv.DEFAULTS['rank']}) {l_:.3f}"))
+    return pd.DataFrame(rows, columns=["finding (FSEFT slides / ARENA paper)", "paper", "here?", "ours (Dice, mean of seeds)"])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Run the FSEFT comparison sweep and write its JSON.")
     ap.add_argument("--profile", default=None, choices=runtime.PROFILE_NAMES)
     ap.add_argument("--out", default=None, help="also write the results here (e.g. course_lib/assets/fseft_quick.json)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: tiny models, robust on shared CPUs)")
+    ap.add_argument("--controls", action="store_true",
+                    help="run the ARENA/LoRA and decoder controls instead (asset: fseft_controls_<profile>.json)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     P = runtime.get_profile(args.profile)
+    if args.controls:
+        data = controls(P, rebuild=True)
+        if args.out:
+            with checkpoints.atomic_write(args.out, "w") as f:
+                f.write(json.dumps(data, indent=0))
+            print("wrote", args.out)
+        return 0
     data = results(P, rebuild=True)
     data.pop("source", None)
     if args.out:

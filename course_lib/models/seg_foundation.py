@@ -1,4 +1,5 @@
 """``segfm-tiny``: the course's small supervised-pretrained segmentation "foundation model".
+Used by notebook 05 (LoRA, ARENA, PEFT and the FSEFT comparison of :mod:`course_lib.experiments.fseft`).
 
 Idea (SuPreM: Li et al., "How Well Do Supervised 3D Models Transfer to Medical Imaging Tasks?",
 ICLR 2024): pretrain a segmentation network *with supervision* on many annotated structures, then
@@ -24,15 +25,16 @@ centre :data:`HELD_OUT_CENTER` are never shown (they are the "novel structure" a
 tasks of notebook 05); held-out structures are labelled background, as partially-labelled
 pretraining sets do.
 
-Checkpoint: ``course_lib/assets/segfm-tiny.pt`` (fp16 state dict + config + class names), SHA-256
-in :data:`CHECKPOINT_SHA256` and in ``data_cards/segfm-tiny.md``. Rebuild::
+Checkpoint: ``course_lib/assets/segfm-tiny.safetensors`` (fp16 tensors; config, class names and the
+training facts in its header), written by :func:`course_lib.checkpoints.save_state` and read by
+:func:`course_lib.checkpoints.load_state` (no pickle), SHA-256 in :data:`CHECKPOINT_SHA256` and in
+``data_cards/segfm-tiny.md``. Rebuild::
 
     python -m course_lib.models.seg_foundation --rebuild   # ~2 min on an idle 2-core CPU (19 min on a heavily shared one)
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -42,14 +44,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from course_lib import runtime
-from course_lib.train import optimizer_step
+from course_lib import checkpoints, losses, metrics, runtime, train
 
 NAME = "segfm-tiny"
 ASSET_DIR = runtime.PACKAGE_DIR / "assets"
-CHECKPOINT = ASSET_DIR / "segfm-tiny.pt"
+CHECKPOINT = ASSET_DIR / "segfm-tiny.safetensors"
 #: SHA-256 of the committed checkpoint (also in data_cards/segfm-tiny.md)
-CHECKPOINT_SHA256 = "51ebacdd8860ac7e26bacc89df1405f554c78ab773ede8167736cb5187fee1b4"
+CHECKPOINT_SHA256 = "00d1e390a5b9c8e7b02d79f0e5cd5d6ef561feab7ed256c55b99d5c1bccc43d0"
 
 #: SonoSynth structures kept out of pretraining (the "novel structure" task)
 HELD_OUT: tuple[str, ...] = ("kidney", "renal_sinus")
@@ -175,56 +176,41 @@ class SegFoundation(nn.Module):
 
 
 # ---------------------------------------------------------------------- checkpoint
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save(model: SegFoundation, path: str | Path = CHECKPOINT, meta: dict | None = None) -> str:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``model`` as fp16 safetensors with :func:`course_lib.checkpoints.save_state` (config,
+    class names and ``meta`` in the header); returns the file's SHA-256."""
     state = {k: v.detach().to("cpu", torch.float16) for k, v in model.state_dict().items()}
-    torch.save({"config": model.config, "class_names": list(model.class_names), "state_dict": state, "meta": meta or {}}, path)
-    return sha256(path)
+    header = {"model": NAME, "config": model.config, "class_names": list(model.class_names), "training": meta or {}}
+    return checkpoints.save_state(path, state, header)
 
 
 def load(path: str | Path | None = None, device=None, check_sha: bool = True, rebuild: bool = True) -> SegFoundation:
-    """Load ``segfm-tiny`` (rebuilding it with :func:`pretrain` if the file is missing)."""
-    path = Path(path) if path is not None else CHECKPOINT
+    """Load ``segfm-tiny``. Only the default checkpoint is rebuilt with :func:`pretrain` when it is
+    missing (``rebuild=True``); an explicit ``path`` that does not exist raises ``FileNotFoundError``.
+    The default file's SHA-256 is checked against :data:`CHECKPOINT_SHA256` (``check_sha``); every
+    file's payload checksum is checked by :func:`course_lib.checkpoints.load_state`."""
+    default = path is None or Path(path).resolve() == CHECKPOINT.resolve()
+    path = CHECKPOINT if path is None else Path(path)
     if not path.exists():
+        if not default:
+            raise FileNotFoundError(f"{NAME} checkpoint not found at {path} (an explicit path is never rebuilt); "
+                                    f"check the path, or omit it to use the shipped {CHECKPOINT.name}")
         if not rebuild:
             raise FileNotFoundError(
                 f"{NAME} checkpoint not found at {path}; rebuild it with `python -m course_lib.models.seg_foundation --rebuild`"
             )
         model, _ = pretrain(out=path)
         return model.to(device or runtime.get_device())
-    if check_sha and path == CHECKPOINT and CHECKPOINT_SHA256:
-        got = sha256(path)
-        if got != CHECKPOINT_SHA256:
-            raise ValueError(
-                f"{NAME} checkpoint {path} has SHA-256 {got}, expected {CHECKPOINT_SHA256}; the file is corrupt or "
-                f"stale: delete it and run `python -m course_lib.models.seg_foundation --rebuild`"
-            )
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    model = SegFoundation(len(ck["class_names"]), tuple(ck["class_names"]), **ck["config"])
-    model.load_state_dict({k: v.float() for k, v in ck["state_dict"].items()})
-    model.meta = ck.get("meta", {})
+    expected = CHECKPOINT_SHA256 if (check_sha and default and CHECKPOINT_SHA256) else None
+    tensors, meta = checkpoints.load_state(path, expected_sha256=expected)
+    if meta.get("model") != NAME:
+        raise checkpoints.CheckpointError(f"{path} holds a {meta.get('model')!r} checkpoint, not {NAME}; pass a {NAME} file")
+    cfg = dict(meta["config"])
+    cfg["dec"] = tuple(cfg["dec"])
+    model = SegFoundation(len(meta["class_names"]), tuple(meta["class_names"]), **cfg)
+    model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    model.meta = meta.get("training", {})
     return model.to(device or runtime.get_device()).eval()
-
-
-# ---------------------------------------------------------------------- losses / metrics
-def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Multi-class CE + soft Dice (foreground classes), the usual supervised segmentation loss."""
-    ce = F.cross_entropy(logits, target)
-    prob = logits.softmax(1)
-    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(prob.dtype)
-    inter = (prob * onehot).sum((0, 2, 3))
-    denom = prob.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
-    dice = (2 * inter + 1) / (denom + 1)
-    return ce + (1 - dice[1:]).mean()
 
 
 # ---------------------------------------------------------------------- pretraining data
@@ -254,10 +240,10 @@ def pretraining_data(n: int, seed: int = 0, image_size: int = 64):
 def pretrain(out: str | Path | None = CHECKPOINT, seed: int = 0, profile=None, verbose: bool = True):
     """Supervised pretraining on SonoSynth label maps; saves the fp16 checkpoint to ``out``.
 
-    Returns ``(model, info)`` with the training history and the SHA-256 of the written file.
+    Loss: cross-entropy + soft Dice over the foreground classes (:func:`course_lib.losses.dice_ce_loss`),
+    AdamW with a one-cycle schedule, trained by :func:`course_lib.train.fit`. Returns
+    ``(model, info)`` with the training history and the SHA-256 of the written file.
     """
-    from tqdm.auto import tqdm
-
     P = profile or runtime.get_profile("quick")
     S = P.section("seg_foundation")
     runtime.seed_everything(seed)
@@ -273,26 +259,35 @@ def pretrain(out: str | Path | None = CHECKPOINT, seed: int = 0, profile=None, v
     total = S.epochs * steps_per_epoch
     opt = torch.optim.AdamW(model.parameters(), lr=S.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=S.lr, total_steps=total, pct_start=0.1)
-    scaler = runtime.grad_scaler(device)
     g = torch.Generator().manual_seed(seed)
-    history = []
-    bar = tqdm(total=total, desc=f"pretrain {NAME}", disable=not verbose)
-    for ep in range(S.epochs):
-        model.train()
-        perm = torch.randperm(len(xtr), generator=g)
-        for i in range(steps_per_epoch):
-            idx = perm[i * S.batch_size : (i + 1) * S.batch_size]
-            xb, yb = xtr[idx].to(device), ytr[idx].to(device)
-            if torch.rand(1, generator=g).item() < 0.5:  # horizontal flip augmentation
-                xb, yb = xb.flip(-1), yb.flip(-1)
-            with runtime.autocast(device):
-                loss = dice_ce_loss(model(xb).float(), yb)
-            optimizer_step(loss, opt, scaler, sched)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        dice = evaluate_dice(model, xva, yva)
-        history.append({"epoch": ep + 1, "loss": float(loss.item()), "val_mean_dice": float(np.nanmean(list(dice.values())))})
-    bar.close()
+    history: list[dict] = []
+    state: dict = {}
+
+    def batch(step: int):
+        """Minibatch ``step``: a fresh permutation at each epoch start, then a coin flip for a horizontal flip."""
+        i = step % steps_per_epoch
+        if i == 0:
+            state["perm"] = torch.randperm(len(xtr), generator=g)
+        idx = state["perm"][i * S.batch_size : (i + 1) * S.batch_size]
+        xb, yb = xtr[idx], ytr[idx]
+        if torch.rand(1, generator=g).item() < 0.5:  # horizontal flip augmentation
+            xb, yb = xb.flip(-1), yb.flip(-1)
+        return xb, yb
+
+    def forward(m, b):
+        xb, yb = b
+        loss = losses.dice_ce_loss(m(xb).float(), yb)
+        state["loss"] = float(loss.detach())
+        return loss
+
+    def after_step(step, m, _opt):
+        if (step + 1) % steps_per_epoch == 0:  # end of an epoch: validation Dice
+            dice = per_class_dice(m, xva, yva)
+            history.append({"epoch": (step + 1) // steps_per_epoch, "loss": state["loss"],
+                            "val_mean_dice": float(np.nanmean(list(dice.values())))})
+
+    train.fit(model, batch, steps=total, optimizer=opt, scheduler=sched, forward=forward,
+              after_step=after_step, progress=verbose, desc=f"pretrain {NAME}")
     info = {
         "seed": seed,
         "n_pretrain": S.n_pretrain,
@@ -300,7 +295,7 @@ def pretrain(out: str | Path | None = CHECKPOINT, seed: int = 0, profile=None, v
         "classes": list(classes),
         "held_out_structures": list(HELD_OUT),
         "held_out_center": HELD_OUT_CENTER,
-        "val_dice": {k: round(v, 4) for k, v in evaluate_dice(model, xva, yva).items()},
+        "val_dice": {k: round(v, 4) for k, v in per_class_dice(model, xva, yva).items()},
         "history": history,
         "train_seconds": round(time.perf_counter() - t0, 1),
         "device": device.type,
@@ -310,22 +305,18 @@ def pretrain(out: str | Path | None = CHECKPOINT, seed: int = 0, profile=None, v
     return model.eval(), info
 
 
-@torch.no_grad()
-def evaluate_dice(model: SegFoundation, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64) -> dict[str, float]:
-    """Per-class Dice (foreground classes present in ``y``) of the argmax prediction."""
-    model.eval()
-    device = next(model.parameters()).device
-    preds = []
-    for i in range(0, len(x), batch_size):
-        preds.append(model(x[i : i + batch_size].to(device)).argmax(1).cpu())
-    pred = torch.cat(preds)
+def per_class_dice(model: SegFoundation, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64) -> dict[str, float]:
+    """Dice of the argmax prediction for every foreground class present in ``y``, pooled over all the
+    images (:func:`course_lib.metrics.dice` of the stacked masks; inference by :func:`course_lib.train.predict`)."""
+    pred = np.asarray(train.predict(model, x, batch_size=batch_size, fn=lambda m, xb: m(xb).argmax(1)))
+    y = np.asarray(y)
     out = {}
     for c in range(1, model.n_classes):
         t = y == c
-        if t.sum() == 0:
+        if not t.any():
             continue
-        p = pred == c
-        out[model.class_names[c]] = float(2 * (p & t).sum() / (p.sum() + t.sum()))
+        w = t.shape[-1]
+        out[model.class_names[c]] = float(metrics.dice((pred == c).reshape(1, -1, w), t.reshape(1, -1, w))[0])
     return out
 
 

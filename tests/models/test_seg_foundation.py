@@ -1,9 +1,10 @@
-"""segfm-tiny: shapes, PEFT-relevant structure, heads, checkpoint round trip and checksum, data."""
+"""segfm-tiny: shapes, PEFT-relevant structure, heads, safetensors checkpoint round trip and checksums,
+pretraining data and a two-step pretraining run through train.fit."""
 import numpy as np
 import pytest
 import torch
 
-from course_lib.methods import lora
+from course_lib.methods.peft import lora
 from course_lib.models import seg_foundation as sf
 
 CFG = dict(image_size=32, patch_size=8, width=32, layers=2, heads=2, mlp_ratio=2.0, skip=8, dec=(16, 16, 8))
@@ -41,23 +42,68 @@ def test_binary_head_known_and_novel(model):
 
 
 def test_checkpoint_round_trip(model, tmp_path):
-    path = tmp_path / "m.pt"
+    from course_lib import checkpoints
+
+    path = tmp_path / "m.safetensors"
     digest = sf.save(model, path, meta={"note": "test"})
-    assert digest == sf.sha256(path) and len(digest) == 64
+    assert digest == checkpoints.sha256_file(path) and len(digest) == 64
+    assert path.read_bytes()[:2] not in (b"\x80\x02", b"\x80\x04", b"\x80\x05", b"PK")  # not a pickle
     m2 = sf.load(path, device="cpu")
-    x = torch.rand(2, 32, 32)
-    with torch.no_grad():
-        assert torch.allclose(m2(x), model(x), atol=5e-2)  # fp16 storage
-    assert m2.class_names == model.class_names and m2.meta == {"note": "test"}
+    for k, v in model.state_dict().items():  # exactly the fp16-rounded weights
+        assert torch.equal(m2.state_dict()[k], v.half().float()), k
+    assert m2.class_names == model.class_names and m2.meta == {"note": "test"} and m2.config == model.config
 
 
 def test_committed_checkpoint_matches_recorded_sha():
+    from course_lib import checkpoints
+
     if not sf.CHECKPOINT.exists():
         pytest.fail(f"{sf.CHECKPOINT} is missing; rebuild with python -m course_lib.models.seg_foundation --rebuild")
-    assert sf.sha256(sf.CHECKPOINT) == sf.CHECKPOINT_SHA256
+    assert sf.CHECKPOINT.suffix == ".safetensors"
+    assert checkpoints.sha256_file(sf.CHECKPOINT) == sf.CHECKPOINT_SHA256
     m = sf.load(device="cpu")
     assert "kidney" not in m.class_names and "renal_sinus" not in m.class_names and "lesion" in m.class_names
     assert m.meta["held_out_center"] == sf.HELD_OUT_CENTER
+    assert all(v.dtype == torch.float16 for v in checkpoints.load_state(sf.CHECKPOINT)[0].values())
+
+
+def test_tampered_or_foreign_checkpoint_is_refused(model, tmp_path):
+    from course_lib import checkpoints
+
+    path = tmp_path / "m.safetensors"
+    sf.save(model, path)
+    with pytest.raises(checkpoints.ChecksumError):
+        checkpoints.load_state(path, expected_sha256="0" * 64)
+    other = tmp_path / "other.safetensors"
+    checkpoints.save_state(other, {"w": torch.zeros(2)}, {"model": "something-else"})
+    with pytest.raises(checkpoints.CheckpointError, match="not segfm-tiny"):
+        sf.load(other, device="cpu")
+
+
+def test_pretrain_two_steps_with_fit(tmp_path):
+    from types import SimpleNamespace
+
+    class Tiny:
+        name = "tiny"
+
+        def section(self, name):
+            assert name == "seg_foundation"
+            return SimpleNamespace(n_pretrain=80, epochs=2, batch_size=16, lr=2e-3, image_size=64)
+
+    out = tmp_path / "pre.safetensors"
+    model, info = sf.pretrain(out=out, profile=Tiny(), verbose=False)
+    assert [h["epoch"] for h in info["history"]] == [1, 2] and all(np.isfinite(h["loss"]) for h in info["history"])
+    assert set(info["val_dice"]) <= set(model.class_names[1:])
+    m2 = sf.load(out, device="cpu")
+    assert m2.meta["epochs"] == 2 and m2.class_names == model.class_names
+
+
+def test_per_class_dice_is_pooled_metrics_dice(model):
+    x = torch.rand(3, 32, 32)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    d = sf.per_class_dice(model, x, pred)  # the model's own prediction as ground truth: Dice 1
+    assert d and all(v == 1.0 for v in d.values())
 
 
 def test_pretraining_data_hides_held_out_structures_and_center():
@@ -73,13 +119,6 @@ def test_pretraining_data_hides_held_out_structures_and_center():
     assert sf.HELD_OUT_CENTER not in set(raw["center"])
 
 
-def test_dice_ce_loss_is_small_for_perfect_logits():
-    y = torch.randint(0, 3, (2, 8, 8))
-    perfect = torch.nn.functional.one_hot(y, 3).permute(0, 3, 1, 2).float() * 50
-    assert sf.dice_ce_loss(perfect, y).item() < 1e-3
-    assert sf.dice_ce_loss(torch.zeros(2, 3, 8, 8), y).item() > 1.0
-
-
 def test_clear_errors(model, tmp_path):
     with pytest.raises(ValueError, match="takes 32x32 images"):
         model(torch.rand(1, 64, 64))
@@ -89,5 +128,6 @@ def test_clear_errors(model, tmp_path):
         sf.SegFoundation(2, depth=3)
     with pytest.raises(ValueError, match="patch_size must be 8"):
         sf.SegFoundation(2, patch_size=16, image_size=32)
-    with pytest.raises(FileNotFoundError, match="--rebuild"):
-        sf.load(tmp_path / "missing.pt", rebuild=False)
+    for rebuild in (True, False):  # an explicit path is never rebuilt
+        with pytest.raises(FileNotFoundError, match="explicit path"):
+            sf.load(tmp_path / "missing.safetensors", rebuild=rebuild)

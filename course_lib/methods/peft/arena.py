@@ -1,4 +1,5 @@
 """ARENA: LoRA whose rank is learnt, through an l1-penalised diagonal and a proximal step.
+Used by notebook 05 (section 3 and the FSEFT comparison of :mod:`course_lib.experiments.fseft`).
 
 Paper: Baklouti, Silva-Rodríguez, Dolz, Bahig, Ben Ayed, "Regularized Low-Rank Adaptation for
 Few-Shot Organ Segmentation", MICCAI 2025 (arXiv:2507.15793). Method section: the low-rank update
@@ -23,7 +24,7 @@ Notes on our implementation
 - The update is attached with ``torch.nn.utils.parametrize`` to the weight *tensors*: the fused
   ``in_proj_weight`` of ``nn.MultiheadAttention`` and ``out_proj.weight`` (target ``"attn"``),
   and ``mlp.c_fc.weight`` / ``mlp.c_proj.weight`` (``"mlp"``). This is the same target spec as
-  :func:`course_lib.methods.lora.apply_lora` (``resolve_targets`` is shared), and it works with
+  :func:`course_lib.methods.peft.lora.apply_lora` (``resolve_targets`` is shared), and it works with
   the fused attention kernel because ``nn.MultiheadAttention`` simply reads the (now computed)
   weights. :func:`merge_arena` folds the update in (``leave_parametrized=True``).
 - The product ``B diag(v) A`` is scale-ambiguous (``v`` can shrink while ``B`` grows). The paper
@@ -44,7 +45,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from course_lib.methods.lora import _unwrap, resolve_targets
+from course_lib.methods.peft.lora import resolve_targets, unwrap_model
 
 __all__ = [
     "ArenaDelta",
@@ -80,11 +81,13 @@ class ArenaDelta(nn.Module):
         self.arena_v = nn.Parameter(torch.ones(self.rank))
         nn.init.kaiming_uniform_(self.arena_A, a=math.sqrt(5))  # same as LoRA's A init
 
+    # region: peft-arena-delta
     def delta(self) -> torch.Tensor:
         return self.scaling * (self.arena_B * self.arena_v) @ self.arena_A
 
     def forward(self, W0: torch.Tensor) -> torch.Tensor:
         return W0 + self.delta().to(W0.dtype)
+    # endregion
 
     def effective_rank(self) -> int:
         return int((self.arena_v.detach() != 0).sum())
@@ -110,7 +113,7 @@ def apply_arena(
 ) -> nn.Module:
     """Attach ARENA updates (in place) to the same weights :func:`~course_lib.methods.lora.apply_lora`
     would adapt, freeze everything else; returns ``module``. Only ``A, B, v`` are trainable."""
-    model = _unwrap(module)
+    model = unwrap_model(module)
     if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
         raise ValueError(f"rank must be a positive integer, got {rank!r}; pass e.g. rank=16")
     names = resolve_targets(model, targets, blocks)
@@ -126,7 +129,7 @@ def apply_arena(
 
 def arena_modules(module: nn.Module) -> dict[str, ArenaDelta]:
     """Every :class:`ArenaDelta` in ``module``, keyed by a readable layer name (``...attn.qkv``)."""
-    model = _unwrap(module)
+    model = unwrap_model(module)
     out = {}
     for name, m in model.named_modules():
         if isinstance(m, ArenaDelta):
@@ -184,6 +187,7 @@ def proximal_step(module: nn.Module, lam: float, lr: float, optimizer: torch.opt
     """
     if lam < 0 or lr < 0:
         raise ValueError(f"lam and lr must be >= 0, got lam={lam!r}, lr={lr!r}")
+    # region: peft-arena-prox
     zeros = 0
     for m in arena_modules(module).values():
         v = m.arena_v
@@ -191,6 +195,7 @@ def proximal_step(module: nn.Module, lam: float, lr: float, optimizer: torch.opt
         thr = lr * lam if denom is None else (lr * lam) / denom
         v.copy_(torch.sign(v) * torch.clamp(v.abs() - thr, min=0.0))
         zeros += int((v == 0).sum())
+    # endregion
     return zeros
 
 
@@ -206,7 +211,7 @@ def v_values(module: nn.Module) -> dict[str, list[float]]:
 
 def merge_arena(module: nn.Module) -> nn.Module:
     """Fold ``s B diag(v) A`` into the weights and remove the parametrizations (plain model back)."""
-    model = _unwrap(module)
+    model = unwrap_model(module)
     owners = {id(m.parametrizations): m for m in model.modules() if parametrize.is_parametrized(m)}
     if not any(isinstance(p, ArenaDelta) for o in owners.values() for plist in o.parametrizations.values() for p in plist):
         raise ValueError("no ARENA layers found to merge; call apply_arena(model, rank) first")
@@ -219,7 +224,7 @@ def merge_arena(module: nn.Module) -> nn.Module:
 
 def expected_arena_params(module: nn.Module, rank: int, targets=("attn",), blocks=None) -> int:
     """``r * (in + out + 1)`` per adapted matrix: LoRA's count plus ``r`` entries of ``v``."""
-    model = _unwrap(module)
+    model = unwrap_model(module)
     total = 0
     for name in resolve_targets(model, targets, blocks):
         for owner, attr, _ in _weight_slots(model, name):

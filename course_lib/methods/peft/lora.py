@@ -1,4 +1,5 @@
 """LoRA on the vision tower through Hugging Face ``peft``, with one target spec for every ViT.
+Used by notebook 05 (and by the HT recipe of notebook 09 for its LoRA baseline).
 
 Paper: Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022.
 A frozen weight ``W0`` (out x in) is adapted by a trainable low-rank product (Eq. 3)::
@@ -33,8 +34,8 @@ open_clip ViT blocks live at ``<vision>.transformer.resblocks[i]`` and contain
 ``blocks`` picks blocks by index (negative = from the top, e.g. ``blocks=[-2, -1]`` adapts only
 the two top blocks); ``None`` = all blocks.
 
-:mod:`course_lib.methods.arena` reuses :func:`resolve_targets`, so ARENA adapts exactly the same
-weights.
+:mod:`course_lib.methods.peft.arena` reuses :func:`resolve_targets` and :func:`unwrap_model`, so
+ARENA adapts exactly the same weights.
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ from torch import nn
 
 __all__ = [
     "TARGET_CHOICES",
+    "unwrap_model",
     "vision_blocks",
     "resolve_targets",
     "apply_lora",
@@ -63,7 +65,7 @@ __all__ = [
 TARGET_CHOICES = ("attn", "mlp", "c_fc", "c_proj")
 
 
-def _unwrap(module):
+def unwrap_model(module) -> nn.Module:
     """Accept an ``nn.Module`` or a course ``Backbone`` (which carries ``.model``)."""
     if isinstance(module, nn.Module):
         return module
@@ -83,7 +85,7 @@ def vision_blocks(module: nn.Module) -> tuple[str, nn.ModuleList]:
     segmentation model), then ``module.transformer.resblocks`` (a bare open_clip
     ``VisionTransformer``). The text tower of a CLIP is never touched.
     """
-    module = _unwrap(module)
+    module = unwrap_model(module)
     for prefix, owner in (("visual.", getattr(module, "visual", None)), ("", module)):
         tr = getattr(owner, "transformer", None) if owner is not None else None
         blocks = getattr(tr, "resblocks", None)
@@ -207,12 +209,13 @@ def apply_lora(
     """
     from peft import LoraConfig, inject_adapter_in_model
 
-    model = _unwrap(module)
+    model = unwrap_model(module)
     if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
         raise ValueError(f"rank must be a positive integer, got {rank!r}; pass e.g. rank=4")
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     alpha = float(rank if alpha is None else alpha)
+    # region: peft-lora-apply
     names = resolve_targets(model, targets, blocks)
     # exact-name regex so that peft matches nothing else (e.g. not the text tower)
     pattern = "^(" + "|".join(re.escape(n) for n in names) + ")$"
@@ -229,6 +232,7 @@ def apply_lora(
                     op.scaling[k] = op.scaling[k] / factor
     for n, p in model.named_parameters():
         p.requires_grad_("lora_" in n)
+    # endregion
     return module
 
 
@@ -236,7 +240,7 @@ def lora_layers(module: nn.Module) -> dict[str, nn.Module]:
     """The peft LoRA layers inside ``module`` (outermost ones), by name."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    model = _unwrap(module)
+    model = unwrap_model(module)
     found = {}
     for name, m in model.named_modules():
         if isinstance(m, BaseTunerLayer) and not any(name.startswith(k + ".") for k in found):
@@ -249,7 +253,7 @@ def merge_lora(module: nn.Module) -> nn.Module:
 
     Returns the same (now plain) model; its outputs equal the adapted model's up to float error.
     """
-    model = _unwrap(module)
+    model = unwrap_model(module)
     layers = lora_layers(model)
     if not layers:
         raise ValueError("no LoRA layers found to merge; call apply_lora(model, rank) first")
@@ -269,7 +273,7 @@ def merge_lora(module: nn.Module) -> nn.Module:
 
 def expected_lora_params(module: nn.Module, rank: int, targets=("attn",), blocks=None) -> int:
     """Number of LoRA parameters :func:`apply_lora` will add (``r * (in + out)`` per adapted matrix)."""
-    model = _unwrap(module)
+    model = unwrap_model(module)
     total = 0
     for name in resolve_targets(model, targets, blocks):
         m = model.get_submodule(name)
@@ -287,7 +291,7 @@ def parameter_report(module: nn.Module) -> dict:
     Returns ``{"trainable", "total", "percent", "by_kind": {kind: trainable}}`` where kind is
     ``lora``, ``arena``, ``bias``, ``norm``, ``adapter``, ``head`` or ``other``.
     """
-    model = _unwrap(module)
+    model = unwrap_model(module)
     total = trainable = 0
     by_kind: dict[str, int] = {}
     norm_ids = {id(p) for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d)) for p in m.parameters(recurse=False)}

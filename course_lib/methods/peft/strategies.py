@@ -1,4 +1,5 @@
-"""Adaptation strategies for few-shot segmentation with the course's ``segfm-tiny`` model.
+"""Adaptation strategies for few-shot segmentation with ``segfm-tiny``: a registry of small builders.
+Used by notebook 05 through :mod:`course_lib.experiments.fseft` (the FSEFT comparison).
 
 One function, :func:`prepare`, turns a pretrained :class:`~course_lib.models.seg_foundation.SegFoundation`
 into a trainable :class:`TaskModel` for a new binary task with one of these strategies
@@ -14,10 +15,10 @@ Selective PEFT (a subset of the existing weights)
     ``affine_ln``      the affine scale/shift of every normalisation layer (LayerNorm in the ViT,
                        GroupNorm in the stem/decoder) + the head (FSEFT's "Affine-LN").
 Additive PEFT (new weights inside the encoder; the decoder is frozen)
-    ``lora``           LoRA on the ViT's attention and MLP (:mod:`course_lib.methods.lora`, via peft).
+    ``lora``           LoRA on the ViT's attention and MLP (:mod:`course_lib.methods.peft.lora`, via peft).
     ``adaptformer``    AdaptMLP: a parallel bottleneck ``s * up(ReLU(down(LN(x))))`` next to each MLP,
                        ``up`` zero-initialised (Chen et al., NeurIPS 2022, Eq. 1-2).
-    ``arena``          LoRA with an l1-sparse diagonal and proximal steps (:mod:`course_lib.methods.arena`).
+    ``arena``          LoRA with an l1-sparse diagonal and proximal steps (:mod:`course_lib.methods.peft.arena`).
 Fine-tuning baselines and the survey's strategies
     ``decoder_only``   decoder + head.
     ``full_ft``        every weight (the pretrained multi-class head is unused and stays frozen).
@@ -25,6 +26,11 @@ Fine-tuning baselines and the survey's strategies
                        then the top half of the ViT, then everything, at equal fractions of training.
     ``discriminative_lr``   full fine-tuning with a learning rate that decays by ``decay`` per depth
                        level from the head down to the patch embedding (ULMFiT, Eq. 2).
+
+Each strategy is one small builder function registered with ``@register(name, family)`` in
+:data:`STRATEGIES`; :func:`prepare` copies the model, makes the head, calls the builder and collects
+the optimiser groups. Add a strategy by registering a builder; an unknown name raises an error that
+lists the registered ones.
 
 In every strategy the new binary head is trainable: for a structure seen in pretraining it starts
 as that structure's pretrained logit (so "known task" methods start from a working model); for a
@@ -39,12 +45,16 @@ from typing import Callable
 import torch
 from torch import nn
 
-from course_lib.methods import arena as arena_mod
-from course_lib.methods import lora as lora_mod
+from course_lib.methods.peft import arena as arena_mod
+from course_lib.methods.peft import lora as lora_mod
 
 __all__ = [
     "METHODS",
     "FAMILIES",
+    "STRATEGIES",
+    "DEFAULTS",
+    "Build",
+    "register",
     "TaskModel",
     "Adapted",
     "AdaptMLP",
@@ -54,21 +64,8 @@ __all__ = [
     "trainable_names",
 ]
 
-#: strategy -> family (for plots and the "which method when" table)
-FAMILIES = {
-    "linear_probe": "black-box",
-    "conv_adapter": "black-box",
-    "bitfit": "selective PEFT",
-    "affine_ln": "selective PEFT",
-    "lora": "additive PEFT",
-    "adaptformer": "additive PEFT",
-    "arena": "additive PEFT",
-    "decoder_only": "fine-tuning",
-    "full_ft": "fine-tuning",
-    "gradual_unfreezing": "survey strategy",
-    "discriminative_lr": "survey strategy",
-}
-METHODS = tuple(FAMILIES)
+#: strategy -> family (for plots and the "which method when" table); filled by :func:`register`
+FAMILIES: dict[str, str] = {}
 
 #: default hyper-parameters of each strategy (learning rates for Adam; head lr is ``head_lr``)
 DEFAULTS = dict(
@@ -94,7 +91,12 @@ DEFAULTS = dict(
     adaptformer_scale=0.5,
     lora_targets=("attn", "mlp"),
     decay=0.5,
+    decoder=None,
 )
+
+#: strategies whose decoder treatment can be set explicitly with ``decoder="frozen"|"tuned"``
+DECODER_CHOICES = ("frozen", "tuned")
+DECODER_FACTOR_METHODS = ("bitfit", "affine_ln", "lora", "arena", "adaptformer")
 
 
 class ConvAdapter(nn.Module):
@@ -140,7 +142,7 @@ def apply_adaptformer(module: nn.Module, dim: int = 8, scale: float = 0.5, block
     if not isinstance(dim, int) or dim <= 0:
         raise ValueError(f"adaptformer dim must be a positive integer, got {dim!r}; pass e.g. dim=8")
     names = lora_mod.resolve_targets(module, ("c_fc",), blocks)  # validates model and blocks
-    model = lora_mod._unwrap(module)
+    model = lora_mod.unwrap_model(module)
     model.requires_grad_(False)
     for n in names:
         blk = model.get_submodule(n.rsplit(".mlp.", 1)[0])
@@ -201,6 +203,13 @@ class Adapted:
         """Trainable parameters at the end of training (all stages for gradual unfreezing)."""
         return sum(p.numel() for g in self.param_groups for p in g["params"])
 
+    def fit_after_step(self, total_steps: int) -> Callable | None:
+        """This strategy's post-step hook in :func:`course_lib.train.fit`'s ``after_step(step, model, opt)``
+        form (ARENA's proximal step), or None."""
+        if self.after_step is None:
+            return None
+        return lambda step, model, opt: self.after_step(opt, step, total_steps)
+
 
 #: parameters of the foundation model that the segmentation path never uses
 _UNUSED_PREFIXES = ("head.", "visual.ln_post.", "visual.proj")
@@ -211,6 +220,7 @@ def _used(name: str) -> bool:
 
 
 def trainable_names(model: nn.Module) -> list[str]:
+    """Names of the parameters with ``requires_grad``."""
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
@@ -223,21 +233,187 @@ def _vit_depth_groups(fm) -> list[list[nn.Parameter]]:
     return [emb, *blocks]
 
 
+# ---------------------------------------------------------------------- the strategy registry
+@dataclass
+class Build:
+    """What a strategy builder returns: the optimiser groups of the new weights (the head's group is
+    added by :func:`prepare`), and optional hooks / facts."""
+
+    groups: list[dict]
+    adapter: nn.Module | None = None
+    black_box: bool = False
+    on_step: Callable[[int, int], None] | None = None
+    after_step: Callable[[torch.optim.Optimizer, int, int], None] | None = None
+    info: dict = field(default_factory=dict)
+    #: ``True`` when the builder already put the head in its groups (black-box methods at their own lr)
+    has_head: bool = False
+
+
+#: strategy name -> builder ``fn(fm, head, lr, cfg) -> Build``
+STRATEGIES: dict[str, Callable] = {}
+
+
+def register(name: str, family: str):
+    """Decorator adding a builder to :data:`STRATEGIES` (and its family to :data:`FAMILIES`)."""
+
+    def deco(fn):
+        if name in STRATEGIES:
+            raise ValueError(f"adaptation strategy {name!r} is registered twice")
+        STRATEGIES[name] = fn
+        FAMILIES[name] = family
+        return fn
+
+    return deco
+
+
+def _trainable_of(fm: nn.Module) -> list[nn.Parameter]:
+    return [p for p in fm.parameters() if p.requires_grad]
+
+
+@register("linear_probe", "black-box")
+def build_linear_probe(fm, head, lr, cfg) -> Build:
+    """A new 1x1 conv head on the frozen decoder features (the head trains at the strategy's lr)."""
+    return Build([{"params": list(head.parameters()), "lr": lr, "name": "head"}], black_box=True, has_head=True)
+
+
+@register("conv_adapter", "black-box")
+def build_conv_adapter(fm, head, lr, cfg) -> Build:
+    """:class:`ConvAdapter` on the frozen decoder features + the head."""
+    adapter = ConvAdapter(fm.feature_dim).to(head.weight.device)
+    return Build([{"params": list(adapter.parameters()), "lr": lr, "name": "adapter"}], adapter=adapter, black_box=True)
+
+
+# region: peft-strategies
+@register("bitfit", "selective PEFT")
+def build_bitfit(fm, head, lr, cfg) -> Build:
+    """Every bias used by the segmentation path (BitFit, Ben Zaken et al. 2022)."""
+    return Build([{"params": [p for n, p in fm.named_parameters() if n.endswith("bias") and _used(n)], "lr": lr, "name": "bias"}])
+
+
+@register("affine_ln", "selective PEFT")
+def build_affine_ln(fm, head, lr, cfg) -> Build:
+    """The affine scale/shift of every LayerNorm/GroupNorm used by the segmentation path."""
+    params = [p for mn, m in fm.named_modules() if isinstance(m, (nn.LayerNorm, nn.GroupNorm)) and _used(mn + ".")
+              for p in m.parameters(recurse=False)]
+    return Build([{"params": params, "lr": lr, "name": "norm"}])
+
+
+@register("lora", "additive PEFT")
+def build_lora(fm, head, lr, cfg) -> Build:
+    """LoRA of rank ``cfg["rank"]`` on ``cfg["lora_targets"]`` of every ViT block."""
+    lora_mod.apply_lora(fm, cfg["rank"], targets=cfg["lora_targets"])
+    return Build([{"params": _trainable_of(fm), "lr": lr, "name": "lora"}], info={"rank": cfg["rank"]})
+# endregion
+
+
+# region: peft-arena-strategy
+@register("arena", "additive PEFT")
+def build_arena(fm, head, lr, cfg) -> Build:
+    """ARENA of starting rank ``cfg["arena_rank"]``; proximal steps (``cfg["arena_lam"]``) start after
+    the fraction ``cfg["arena_warmup"]`` of training."""
+    arena_mod.apply_arena(fm, cfg["arena_rank"], targets=cfg["lora_targets"])
+    lam, start = float(cfg["arena_lam"]), float(cfg["arena_warmup"])
+
+    def after_step(opt, step, total):
+        if step >= start * total:
+            arena_mod.proximal_step(fm, lam, opt.param_groups[0]["lr"], optimizer=opt)
+
+    return Build([{"params": _trainable_of(fm), "lr": lr, "name": "arena"}], after_step=after_step,
+                 info=dict(rank=cfg["arena_rank"], lam=lam, warmup=start))
+# endregion
+
+
+@register("adaptformer", "additive PEFT")
+def build_adaptformer(fm, head, lr, cfg) -> Build:
+    """AdaptFormer's parallel MLP branch in every block (:func:`apply_adaptformer`)."""
+    apply_adaptformer(fm, cfg["adaptformer_dim"], cfg["adaptformer_scale"])
+    return Build([{"params": _trainable_of(fm), "lr": lr, "name": "adaptformer"}])
+
+
+@register("decoder_only", "fine-tuning")
+def build_decoder_only(fm, head, lr, cfg) -> Build:
+    """The decoder (+ head)."""
+    return Build([{"params": list(fm.decoder.parameters()), "lr": lr, "name": "decoder"}])
+
+
+@register("full_ft", "fine-tuning")
+def build_full_ft(fm, head, lr, cfg) -> Build:
+    """Every weight the segmentation path uses."""
+    return Build([{"params": [p for n, p in fm.named_parameters() if _used(n)], "lr": lr, "name": "all"}])
+
+
+@register("gradual_unfreezing", "survey strategy")
+def build_gradual_unfreezing(fm, head, lr, cfg) -> Build:
+    """ULMFiT's gradual unfreezing: head, +decoder, +top half of the ViT, +all, at equal fractions of
+    training (``on_step(step, total)`` switches ``requires_grad``; the optimiser holds everything)."""
+    params = [p for n, p in fm.named_parameters() if _used(n)]
+    depth = len(fm.visual.transformer.resblocks)
+    stages = [[], list(fm.decoder.parameters()),
+              [p for b in list(fm.visual.transformer.resblocks)[depth // 2:] for p in b.parameters()], params]
+
+    def on_step(step, total):
+        k = min(len(stages) - 1, step * len(stages) // max(total, 1))
+        for p in stages[-1]:
+            p.requires_grad_(False)
+        for s in stages[: k + 1]:
+            for p in s:
+                p.requires_grad_(True)
+
+    info = {"stages": ["head", "+decoder", f"+ViT blocks {depth // 2}..{depth - 1}", "+all"]}
+    return Build([{"params": params, "lr": lr, "name": "all"}], on_step=on_step, info=info)
+
+
+@register("discriminative_lr", "survey strategy")
+def build_discriminative_lr(fm, head, lr, cfg) -> Build:
+    """Full fine-tuning with lr * decay^(i+1) at depth level i, from the decoder (i=0) down to the
+    embeddings (ULMFiT, Eq. 2); the head trains at ``lr``."""
+    levels = [list(fm.decoder.parameters())] + _vit_depth_groups(fm)[::-1]  # top (decoder) -> bottom
+    groups = [{"params": list(head.parameters()), "lr": lr, "name": "head"}]
+    groups += [{"params": ps, "lr": lr * cfg["decay"] ** (i + 1), "name": f"level{i}"} for i, ps in enumerate(levels)]
+    return Build(groups, info={"decay": cfg["decay"]}, has_head=True)
+
+
+METHODS = tuple(STRATEGIES)
+
+
+# region: peft-decoder-factor
+def apply_decoder_choice(method: str, fm: nn.Module, groups: list[dict], cfg: dict) -> list[dict]:
+    """The decoder as an explicit factor (``cfg["decoder"]``): ``None`` keeps the strategy's own choice
+    (BitFit / Affine-LN tune the decoder's biases / norms, LoRA / ARENA / AdaptFormer freeze it);
+    ``"frozen"`` removes every decoder weight from the strategy's groups; ``"tuned"`` does that and
+    adds the whole decoder at the decoder-only learning rate (the slides' "decoder fine-tuned + PEFT")."""
+    choice = cfg["decoder"]
+    if choice is None:
+        return groups
+    if choice not in DECODER_CHOICES:
+        raise ValueError(f"decoder={choice!r}: use None (the strategy's default) or one of {DECODER_CHOICES}")
+    if method not in DECODER_FACTOR_METHODS:
+        raise ValueError(f"decoder={choice!r} applies to the PEFT strategies {DECODER_FACTOR_METHODS}, not {method!r}")
+    dec = list(fm.decoder.parameters())
+    dec_ids = {id(p) for p in dec}
+    out = [dict(g, params=[p for p in g["params"] if id(p) not in dec_ids]) for g in groups]
+    if choice == "tuned":
+        out.append({"params": dec, "lr": cfg["lr"]["decoder_only"], "name": "decoder"})
+    return out
+# endregion
+
+
 def prepare(method: str, fm: nn.Module, structure: str | None = None, *, copy_model: bool = True, **overrides) -> Adapted:
     """Build the :class:`Adapted` model for ``method`` from a pretrained segmentation model.
 
     ``structure``: the target structure's name if it was seen in pretraining (head init), else None.
     ``overrides``: any key of :data:`DEFAULTS` (``rank``, ``arena_lam``, ``lr={...}`` partial...).
-    ``fm`` is deep-copied unless ``copy_model=False``.
+    ``fm`` is deep-copied unless ``copy_model=False``. The strategy itself is the registered builder
+    ``STRATEGIES[method]``; the new binary head is always trainable (at ``head_lr``, unless the
+    builder puts it in its own group).
     """
-    if method not in FAMILIES:
-        raise ValueError(f"unknown adaptation method {method!r}; choose one of {METHODS}")
+    if method not in STRATEGIES:
+        raise ValueError(f"unknown adaptation method {method!r}; known strategies: {', '.join(STRATEGIES)}")
     unknown = set(overrides) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)} for prepare(); known: {sorted(DEFAULTS)}")
     cfg = {**DEFAULTS, **overrides}
     cfg["lr"] = {**DEFAULTS["lr"], **overrides.get("lr", {})}
-    lr = cfg["lr"][method]
     if not hasattr(fm, "features") or not hasattr(fm, "binary_head"):
         raise TypeError(
             f"prepare() needs a course_lib.models.seg_foundation.SegFoundation, got {type(fm).__name__}; "
@@ -247,82 +423,17 @@ def prepare(method: str, fm: nn.Module, structure: str | None = None, *, copy_mo
     fm.requires_grad_(False)
     head = fm.binary_head(structure)
     head.requires_grad_(True)
-    head_group = {"params": list(head.parameters()), "lr": cfg["head_lr"], "name": "head"}
-    adapter = None
-    black_box = False
-    on_step = after_step = None
-    info: dict = {}
-
-    if method == "linear_probe":
-        black_box = True
-        groups = [dict(head_group, lr=lr)]
-    elif method == "conv_adapter":
-        black_box = True
-        adapter = ConvAdapter(fm.feature_dim).to(head.weight.device)
-        groups = [{"params": list(adapter.parameters()), "lr": lr, "name": "adapter"}, head_group]
-    elif method == "bitfit":
-        params = [p for n, p in fm.named_parameters() if n.endswith("bias") and _used(n)]
-        groups = [{"params": params, "lr": lr, "name": "bias"}, head_group]
-    elif method == "affine_ln":
-        params = [
-            p
-            for mn, m in fm.named_modules()
-            if isinstance(m, (nn.LayerNorm, nn.GroupNorm)) and _used(mn + ".")
-            for p in m.parameters(recurse=False)
-        ]
-        groups = [{"params": params, "lr": lr, "name": "norm"}, head_group]
-    elif method == "lora":
-        lora_mod.apply_lora(fm, cfg["rank"], targets=cfg["lora_targets"])
-        groups = [{"params": [p for p in fm.parameters() if p.requires_grad], "lr": lr, "name": "lora"}, head_group]
-        info["rank"] = cfg["rank"]
-    elif method == "arena":
-        arena_mod.apply_arena(fm, cfg["arena_rank"], targets=cfg["lora_targets"])
-        groups = [{"params": [p for p in fm.parameters() if p.requires_grad], "lr": lr, "name": "arena"}, head_group]
-        lam = float(cfg["arena_lam"])
-
-        start = float(cfg["arena_warmup"])
-
-        def after_step(opt, step, total, _fm=fm, _lam=lam, _start=start):
-            if step >= _start * total:
-                arena_mod.proximal_step(_fm, _lam, opt.param_groups[0]["lr"], optimizer=opt)
-
-        info.update(rank=cfg["arena_rank"], lam=lam, warmup=start)
-    elif method == "adaptformer":
-        apply_adaptformer(fm, cfg["adaptformer_dim"], cfg["adaptformer_scale"])
-        groups = [{"params": [p for p in fm.parameters() if p.requires_grad], "lr": lr, "name": "adaptformer"}, head_group]
-    elif method == "decoder_only":
-        groups = [{"params": list(fm.decoder.parameters()), "lr": lr, "name": "decoder"}, head_group]
-    elif method in ("full_ft", "gradual_unfreezing"):
-        params = [p for n, p in fm.named_parameters() if _used(n)]
-        groups = [{"params": params, "lr": lr, "name": "all"}, head_group]
-        if method == "gradual_unfreezing":
-            depth = len(fm.visual.transformer.resblocks)
-            stages = [
-                [],
-                list(fm.decoder.parameters()),
-                [p for b in list(fm.visual.transformer.resblocks)[depth // 2 :] for p in b.parameters()],
-                params,
-            ]
-            info["stages"] = ["head", "+decoder", f"+ViT blocks {depth // 2}..{depth - 1}", "+all"]
-
-            def on_step(step, total, _stages=stages):
-                k = min(len(_stages) - 1, step * len(_stages) // max(total, 1))
-                for p in _stages[-1]:
-                    p.requires_grad_(False)
-                for s in _stages[: k + 1]:
-                    for p in s:
-                        p.requires_grad_(True)
-
-    elif method == "discriminative_lr":
-        levels = [list(fm.decoder.parameters())] + _vit_depth_groups(fm)[::-1]  # top (decoder) -> bottom
-        groups = [dict(head_group, lr=lr)]
-        for i, ps in enumerate(levels):
-            groups.append({"params": ps, "lr": lr * cfg["decay"] ** (i + 1), "name": f"level{i}"})
-        info["decay"] = cfg["decay"]
+    lr = cfg["lr"].get(method)
+    if lr is None:
+        raise ValueError(f"no learning rate for strategy {method!r}; pass lr={{{method!r}: ...}} or add it to DEFAULTS['lr']")
+    b = STRATEGIES[method](fm, head, lr, cfg)
+    groups = apply_decoder_choice(method, fm, list(b.groups), cfg)
+    if not b.has_head:
+        groups.append({"params": list(head.parameters()), "lr": cfg["head_lr"], "name": "head"})
     for g in groups:
         for p in g["params"]:
             p.requires_grad_(True)
-    if method == "gradual_unfreezing":
-        on_step(0, 1)  # start with only the head trainable
-    model = TaskModel(fm, head, adapter, black_box)
-    return Adapted(method, model, groups, on_step, after_step, info)
+    if b.on_step is not None:
+        b.on_step(0, 1)  # e.g. gradual unfreezing starts with only the head trainable
+    model = TaskModel(fm, head, b.adapter, b.black_box)
+    return Adapted(method, model, groups, b.on_step, b.after_step, dict(b.info))

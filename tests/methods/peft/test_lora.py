@@ -6,7 +6,7 @@ import pytest
 import torch
 from open_clip.transformer import VisionTransformer
 
-from course_lib.methods import lora
+from course_lib.methods.peft import lora
 
 
 def tiny_vit(seed=0):

@@ -3,7 +3,7 @@ pretrained model's answer, and one optimiser step changes nothing else."""
 import pytest
 import torch
 
-from course_lib.methods import peft_variants as pv
+from course_lib.methods.peft import strategies as pv
 from course_lib.models.seg_foundation import SegFoundation
 
 D, H, L = 32, 64, 2  # ViT width, MLP hidden, depth
@@ -124,7 +124,7 @@ def test_discriminative_lrs_decay_with_depth(fm):
 
 
 def test_arena_prox_hook_respects_warmup(fm):
-    from course_lib.methods import arena
+    from course_lib.methods.peft import arena
 
     ad = pv.prepare("arena", fm, "lesion", arena_lam=1e6, arena_rank=4)
     opt = ad.optimizer()
@@ -135,8 +135,6 @@ def test_arena_prox_hook_respects_warmup(fm):
 
 
 def test_clear_errors(fm):
-    with pytest.raises(ValueError, match="unknown adaptation method"):
-        pv.prepare("prompt_tuning", fm)
     with pytest.raises(ValueError, match="unknown option"):
         pv.prepare("lora", fm, rnk=4)
     with pytest.raises(TypeError, match="SegFoundation"):
@@ -145,62 +143,59 @@ def test_clear_errors(fm):
         pv.apply_adaptformer(fm, dim=0)
 
 
-# ---------------------------------------------------------------------- the FSEFT runner
-def _toy_task(n=12, size=32):
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(n, size, size, generator=g).numpy()
-    y = (torch.rand(n, size, size, generator=g) > 0.7).float().numpy()
-    return dict(x_pool=x[:8], y_pool=y[:8], x_test=x[8:], y_test=y[8:], structure="lesion", kind="toy", name="toy")
+# ---------------------------------------------------------------------- the registry
+def test_registry_names_every_strategy_once_with_a_family():
+    assert tuple(pv.STRATEGIES) == pv.METHODS and set(pv.FAMILIES) == set(pv.METHODS)
+    assert set(pv.FAMILIES.values()) == {"black-box", "selective PEFT", "additive PEFT", "fine-tuning", "survey strategy"}
+    assert all(callable(f) for f in pv.STRATEGIES.values())
 
 
-@pytest.mark.parametrize("method", ["linear_probe", "arena", "gradual_unfreezing"])
-def test_run_one_row(fm, method):
-    from course_lib.methods import fseft
-
-    row = fseft.run_one(fm, method, _toy_task(), shots=2, seed=0, steps=2, record_v=True)
-    assert row["method"] == method and row["shots"] == 2 and 0.0 <= row["dice"] <= 1.0
-    assert row["trainable"] == EXPECTED[method] or method == "arena"  # arena: default rank 16 here too
-    assert row["memory"].startswith("cpu") or row["memory"].startswith("cuda")
-    if method == "arena":
-        assert len(row["v_path"]) == 2 and set(row["effective_ranks"]) == set(row["v_path"][0])
+def test_unknown_strategy_error_names_the_known_ones(fm):
+    with pytest.raises(ValueError) as e:
+        pv.prepare("prompt_tuning", fm)
+    msg = str(e.value)
+    assert "prompt_tuning" in msg and all(m in msg for m in pv.METHODS)
 
 
-def test_support_indices_and_errors():
-    from course_lib.methods import fseft
+def test_register_adds_a_strategy_and_refuses_duplicates(fm):
+    @pv.register("_test_head_only", "black-box")
+    def build(fm_, head, lr, cfg):
+        return pv.Build([], black_box=True)
 
-    a = fseft.support_indices(60, 5, seed=1)
-    assert len(set(a.tolist())) == 5 and (a == fseft.support_indices(60, 5, seed=1)).all()
-    with pytest.raises(ValueError, match="exceeds"):
-        fseft.support_indices(4, 5, seed=0)
-    with pytest.raises(ValueError, match="positive integer"):
-        fseft.support_indices(4, 0, seed=0)
-    with pytest.raises(ValueError, match="unknown FSEFT task"):
-        fseft.load_task("liver@Z")
-
-
-def test_bce_dice_loss():
-    from course_lib.methods import fseft
-
-    y = (torch.rand(2, 1, 8, 8) > 0.5).float()
-    assert fseft.bce_dice_loss((y * 2 - 1) * 30, y).item() < 1e-3
-    assert fseft.bce_dice_loss(-(y * 2 - 1) * 30, y).item() > 10
+    try:
+        ad = pv.prepare("_test_head_only", fm, "lesion", lr={"_test_head_only": 1e-2})
+        assert ad.trainable() == HEAD and ad.model.black_box
+        with pytest.raises(ValueError, match="registered twice"):
+            pv.register("_test_head_only", "black-box")(build)
+    finally:
+        pv.STRATEGIES.pop("_test_head_only", None)
+        pv.FAMILIES.pop("_test_head_only", None)
 
 
-def test_committed_sweep_matches_current_code():
-    """The committed quick-profile sweep must have been produced by the current settings and checkpoint,
-    otherwise notebook 05 would silently rebuild it (minutes) in CI."""
-    import json
+# ---------------------------------------------------------------------- the decoder as a factor
+DEC_BIASES = 2 * sum(DEC)  # conv biases + GroupNorm shifts (both named "bias")
+DEC_NORMS = 2 * sum(DEC)  # GroupNorm scale + shift
 
-    from course_lib import runtime
-    from course_lib.methods import fseft
 
-    P = runtime.get_profile("quick")
-    asset = runtime.PACKAGE_DIR / "assets" / "fseft_quick.json"
-    if not asset.exists():
-        pytest.fail(f"{asset} is missing: run python -m course_lib.methods.fseft --profile quick --out {asset}")
-    data = json.loads(asset.read_text())
-    assert data["fingerprint"] == fseft.fingerprint(P), "re-run the sweep command (see fseft module docstring)"
-    S = P.section("fseft")
-    n_tasks = len(S.tasks) - len(data["skipped"])
-    assert len(data["rows"]) == n_tasks * len(S.shots) * len(S.seeds) * len(pv.METHODS)
-    assert fseft.results(P, verbose=False)["rows"] == data["rows"]  # served from the asset, no rebuild
+@pytest.mark.parametrize("method", ["bitfit", "affine_ln", "lora", "arena", "adaptformer"])
+def test_decoder_frozen_and_tuned_exact_counts(fm, method):
+    default = pv.prepare(method, fm, "lesion").trainable()
+    in_decoder = {"bitfit": DEC_BIASES, "affine_ln": DEC_NORMS}.get(method, 0)
+    frozen = pv.prepare(method, fm, "lesion", decoder="frozen")
+    tuned = pv.prepare(method, fm, "lesion", decoder="tuned")
+    assert frozen.trainable() == default - in_decoder
+    assert tuned.trainable() == default - in_decoder + n_decoder()
+    dec_ids = {id(p) for p in frozen.model.fm.decoder.parameters()}
+    assert not any(id(p) in dec_ids for g in frozen.param_groups for p in g["params"])
+    assert not any(p.requires_grad for p in frozen.model.fm.decoder.parameters())
+    g = [g for g in tuned.param_groups if g["name"] == "decoder"]
+    assert len(g) == 1 and g[0]["lr"] == pv.DEFAULTS["lr"]["decoder_only"]
+    assert all(p.requires_grad for p in tuned.model.fm.decoder.parameters())
+    assert tuned.param_groups[0]["name"] != "decoder"  # ARENA's prox reads the lr of group 0
+
+
+def test_decoder_choice_errors(fm):
+    with pytest.raises(ValueError, match="decoder='half'"):
+        pv.prepare("lora", fm, decoder="half")
+    with pytest.raises(ValueError, match="applies to the PEFT strategies"):
+        pv.prepare("full_ft", fm, decoder="frozen")

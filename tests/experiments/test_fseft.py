@@ -1,0 +1,135 @@
+"""The FSEFT experiment runner: one run on a tiny task gives a complete row (exact trainable count,
+ARENA's rank path), the loss is the old batch BCE + soft Dice, the tables build from rows, and the
+committed quick sweep matches the current code."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from course_lib import losses, runtime
+from course_lib.experiments import fseft
+from course_lib.methods.peft import strategies as pv
+from course_lib.models.seg_foundation import SegFoundation
+
+D, H, L = 32, 64, 2
+SKIP, DEC = 8, (16, 16, 8)
+CFG = dict(image_size=32, patch_size=8, width=D, layers=L, heads=2, mlp_ratio=2.0, skip=SKIP, dec=DEC)
+HEAD = DEC[-1] + 1
+PER_BLOCK_ARENA = (D + 3 * D + 1) + (2 * D + 1) + (D + H + 1) + (H + D + 1)  # qkv, out, c_fc, c_proj (+1: v)
+
+
+@pytest.fixture(scope="module")
+def fm():
+    torch.manual_seed(0)
+    return SegFoundation(4, ("background", "a", "lesion", "b"), **CFG).eval()
+
+
+def _toy_task(n=12, size=32):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, size, size, generator=g).numpy()
+    y = (torch.rand(n, size, size, generator=g) > 0.7).float().numpy()
+    return dict(x_pool=x[:8], y_pool=y[:8], x_test=x[8:], y_test=y[8:], structure="lesion", kind="toy", name="toy")
+
+
+@pytest.mark.parametrize("method,rank", [("linear_probe", None), ("arena", 16), ("arena", 4), ("gradual_unfreezing", None)])
+def test_run_one_row(fm, method, rank):
+    over = {"arena_rank": rank} if rank else {}
+    row = fseft.run_one(fm, method, _toy_task(), shots=2, seed=0, steps=2, record_v=True, **over)
+    assert row["method"] == method and row["shots"] == 2 and 0.0 <= row["dice"] <= 1.0
+    expected = pv.prepare(method, fm, "lesion", **over).trainable()
+    assert row["trainable"] == expected
+    if method == "arena":  # exact count from the architecture, at the requested starting rank
+        assert row["trainable"] == L * rank * PER_BLOCK_ARENA + HEAD
+        assert len(row["v_path"]) == 2 and set(row["effective_ranks"]) == set(row["v_path"][0])
+        assert all(0 <= r <= rank for r in row["effective_ranks"].values())
+    assert row["memory"].startswith(("cpu", "cuda")) and np.isfinite(row["final_loss"])
+
+
+def test_run_one_is_reproducible(fm):
+    a = fseft.run_one(fm, "lora", _toy_task(), shots=3, seed=1, steps=3)
+    b = fseft.run_one(fm, "lora", _toy_task(), shots=3, seed=1, steps=3)
+    assert a["dice"] == b["dice"] and a["final_loss"] == b["final_loss"]
+
+
+def test_loss_equals_the_old_batch_bce_dice():
+    """fseft's former local loss (BCE + 1 - batch soft Dice, smooth 1) == losses.bce_dice_loss(batch=True)."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 1, 16, 16, generator=g) * 3
+    y = (torch.rand(4, 1, 16, 16, generator=g) > 0.7).float()
+    p = torch.sigmoid(logits)
+    old = F.binary_cross_entropy_with_logits(logits, y) + 1 - (2 * (p * y).sum() + 1) / (p.sum() + y.sum() + 1)
+    assert torch.allclose(losses.bce_dice_loss(logits, y, batch=True), old, atol=1e-6)
+
+
+def test_support_indices_and_errors():
+    a = fseft.support_indices(60, 5, seed=1)
+    assert len(set(a.tolist())) == 5 and (a == fseft.support_indices(60, 5, seed=1)).all()
+    with pytest.raises(ValueError, match="exceeds"):
+        fseft.support_indices(4, 5, seed=0)
+    with pytest.raises(ValueError, match="positive integer"):
+        fseft.support_indices(4, 0, seed=0)
+    with pytest.raises(ValueError, match="unknown FSEFT task"):
+        fseft.load_task("liver@Z")
+
+
+def _fake_rows():
+    rows = []
+    for t in ("known", "novel"):
+        for k in (5, 10):
+            for s in (0, 1):
+                for i, m in enumerate(pv.METHODS):
+                    rows.append(dict(method=m, family=pv.FAMILIES[m], task=t, shots=k, seed=s, dice=0.1 + 0.05 * i + 0.01 * s,
+                                     trainable=100 * (i + 1), train_s=1.0, peak_mb=2.0))
+    return rows
+
+
+def test_tables_from_rows():
+    rows = _fake_rows()
+    tab = fseft.summary_table(rows)
+    assert len(tab) == 2 * 2 * len(pv.METHODS) and (tab.n_seeds == 2).all()
+    r = tab[(tab.method == "lora") & (tab.task == "known") & (tab.shots == 5)].iloc[0]
+    i = pv.METHODS.index("lora")
+    assert r.dice_mean == pytest.approx(0.1 + 0.05 * i + 0.005) and r.dice == f"{r.dice_mean:.3f} ± {r.dice_std:.3f}"
+    table, dice = fseft.fseft_table(tab, ("known", "novel"), (5, 10))
+    assert list(dice.index) == list(pv.METHODS) and dice.shape == (len(pv.METHODS), 4)
+    assert {"family", "trainable", "train_s", "peak_mb"} <= set(table.columns)
+    fam = fseft.family_best(tab)
+    assert fam.loc[("known", 10), "additive PEFT"] == max(tab[(tab.task == "known") & (tab.shots == 10) & (tab.family == "additive PEFT")].dice_mean)
+    check = fseft.paper_check(tab, ("known", "novel"), (5, 10))
+    assert len(check) == 1 + 1 + 2 + 2 and set(check["here?"]) <= {"yes", "no"}
+    live = [dict(rows[0], train_s=0.5)]
+    cmp_ = fseft.live_vs_cached(live, {"rows": rows})
+    assert cmp_.dice_live.iloc[0] == cmp_.dice_cached.iloc[0]
+    with pytest.raises(KeyError, match="no run"):
+        fseft.live_vs_cached([dict(rows[0], seed=99)], {"rows": rows})
+
+
+def test_rank_summary_and_layer_ranks():
+    rows = []
+    for s in (0, 1):
+        for r, d in ((1, 0.3), (4, 0.5), (16, 0.2)):
+            rows.append(dict(method="lora", task="t", seed=s, rank=r, dice=d + 0.01 * s, trainable=r))
+        rows.append(dict(method="arena", task="t", seed=s, dice=0.4, trainable=99,
+                         effective_ranks={"visual.transformer.resblocks.0.attn.qkv": 10 + s, "visual.transformer.resblocks.0.attn.out": 4}))
+    summ, best = fseft.rank_summary(rows, 16)
+    assert best == {"t": 4}
+    assert summ.loc[("t", "ARENA (from 16)"), "eff_rank"] == pytest.approx((10 + 4 + 11 + 4) / 4)
+    heat = fseft.arena_layer_ranks(rows)
+    assert heat.loc["t", "0.attn.qkv"] == 10.5 and heat.loc["t", "0.attn.out"] == 4
+
+
+def test_committed_sweep_matches_current_code():
+    """The committed quick-profile sweep must come from the current settings and checkpoint, otherwise
+    notebook 05 would silently rebuild it (minutes) in CI."""
+    P = runtime.get_profile("quick")
+    asset = runtime.PACKAGE_DIR / "assets" / "fseft_quick.json"
+    if not asset.exists():
+        pytest.fail(f"{asset} is missing: run python -m course_lib.experiments.fseft --profile quick --out {asset}")
+    data = json.loads(asset.read_text())
+    assert data["fingerprint"] == fseft.fingerprint(P), "re-run the sweep command (see the fseft module docstring)"
+    S = P.section("fseft")
+    n_tasks = len(S.tasks) - len(data["skipped"])
+    assert len(data["rows"]) == n_tasks * len(S.shots) * len(S.seeds) * len(pv.METHODS)
+    assert fseft.results(P, verbose=False)["rows"] == data["rows"]  # served from the asset, no rebuild
