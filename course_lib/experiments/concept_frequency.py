@@ -1,4 +1,5 @@
 """The concept-frequency experiment: "No zero-shot without exponential data", in miniature.
+An experiment runner (a sweep over caption frequencies) used by notebook 02.
 
 Udandarao et al., 2024 (NeurIPS), "No 'Zero-Shot' Without Exponential Data: Pretraining Concept
 Frequency Determines Multimodal Model Performance" (arXiv:2404.04125) find that a CLIP's zero-shot
@@ -28,7 +29,7 @@ Two modes, set by the profile:
 
 Results are cached as JSON under ``runtime.cache_dir("concept_frequency")``; a committed copy for
 the quick profile lives in ``course_lib/assets/concept_frequency_quick.json`` (produced by
-``python -m course_lib.models.concept_frequency --profile quick``). :func:`frequency_curve` returns the
+``python -m course_lib.experiments.concept_frequency --profile quick``). :func:`frequency_curve` returns the
 cached result when its settings match, otherwise reruns the sweep (and caches it).
 """
 from __future__ import annotations
@@ -45,11 +46,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from course_lib import runtime
+from course_lib import runtime, train
+from course_lib.losses import info_nce
 from course_lib.models import backbones
 from course_lib.models import pretrain as pt
 from course_lib.models import zero_shot as zs
-from course_lib.train import optimizer_step
 
 CONCEPT = "posterior"  # the SonoSynth report concept whose mention frequency is varied
 POSITIVE, NEGATIVE = "shadowing", "none"  # attribute values told apart at evaluation
@@ -87,7 +88,9 @@ def settings(profile=None) -> dict:
     s.update(concept=CONCEPT, positive=POSITIVE, negative=NEGATIVE, data_seed=DATA_SEED, eval_seed=EVAL_SEED,
              prompts=PROMPTS)
     if s["mode"] == "lit":
-        s.update(text_model=LIT_TEXT_CFG, image_model=f"sonoclip-tiny sha256={backbones.SONOCLIP_TINY_SHA256}")
+        # the frozen image tower is identified by its weights (not by the file's bytes, which change when
+        # the same weights are re-saved with a different header)
+        s.update(text_model=LIT_TEXT_CFG, image_model=f"sonoclip-tiny weights sha256={backbones.SONOCLIP_TINY_WEIGHTS_SHA256}")
     else:
         s.update(model=MICRO_CFG)
     return s
@@ -112,7 +115,7 @@ def eval_set(n: int, image_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
 
 def concept_mentions(texts: Sequence[str], tokenizer=None) -> int:
     """How many captions mention the concept *after* fitting them to the context (what the model saw)."""
-    from course_lib.data._sonosynth_report import report_concepts
+    from course_lib.data.sonosynth.report import report_concepts
 
     tok = tokenizer or backbones.tiny_tokenizer()
     return sum(CONCEPT in report_concepts(pt.fit_text(t, tok)) for t in texts)
@@ -151,11 +154,12 @@ class RemappedTokenizer:
         return self.lut[self.base(texts, context_length=context_length) if context_length else self.base(texts)]
 
 
+# region: concept-frequency-lit
 def train_lit(model, image_features: torch.Tensor, tokens: torch.Tensor, *, steps: int, batch_size: int, lr: float,
               seed: int = 0, progress: bool = False, desc: str = "LiT") -> list[float]:
-    """InfoNCE between *fixed* image features and a trainable text tower (LiT). Returns the losses."""
-    from tqdm.auto import tqdm
-
+    """InfoNCE (:func:`course_lib.losses.info_nce`) between *fixed* image features and a trainable text
+    tower (LiT), through :func:`course_lib.train.fit`: AdamW (no weight decay), one-cycle lr schedule
+    (10% warm-up), seeded random batches. Returns the per-step losses."""
     params = [p for n, p in model.named_parameters() if not n.startswith("visual.")]
     for n, p in model.named_parameters():
         p.requires_grad_(not n.startswith("visual."))
@@ -163,16 +167,20 @@ def train_lit(model, image_features: torch.Tensor, tokens: torch.Tensor, *, step
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
     n = len(tokens)
-    losses = []
-    model.train()
-    for _ in tqdm(range(steps), desc=desc, leave=False, disable=not progress):
+
+    def batch(step):
         idx = torch.randint(0, n, (batch_size,), generator=gen)
-        v = model.encode_text(tokens[idx], normalize=True)
-        loss = pt.clip_loss(image_features[idx], v, model.logit_scale.exp().clamp(max=100))
-        optimizer_step(loss, opt, scheduler=sched)
-        losses.append(loss.item())
+        return image_features[idx], tokens[idx]
+
+    def forward(m, ft):
+        v = m.encode_text(ft[1], normalize=True)
+        return info_nce(ft[0], v, m.logit_scale.exp().clamp(max=100))
+
+    hist = train.fit(model, batch, steps=steps, optimizer=opt, scheduler=sched, forward=forward,
+                     progress=progress, desc=desc)
     model.eval()
-    return losses
+    return hist["step_loss"]
+# endregion
 
 
 def _features(split: str, seed: int, n: int, images_fn) -> torch.Tensor:
@@ -188,7 +196,7 @@ def _features(split: str, seed: int, n: int, images_fn) -> torch.Tensor:
 def run_point(freq: float, s: dict, seed: int = 0, eval_data=None, progress: bool = False) -> dict:
     """Pretrain on a corpus where the concept is mentioned with probability ``freq`` and evaluate
     zero-shot recognition of the concept. Returns accuracy, AUC, mention count, seconds."""
-    from course_lib.data._sonosynth_report import report_concepts
+    from course_lib.data.sonosynth.report import report_concepts
 
     t0 = time.perf_counter()
     images, labels = eval_data if eval_data is not None else eval_set(s["n_eval"])
@@ -234,7 +242,7 @@ def run_sweep(profile=None, progress: bool = True) -> dict:
         points.append(run_point(f[0], s, seed=f[1], eval_data=data))
     return {"settings": s, "hash": settings_hash(s), "points": points, "torch": torch.__version__,
             "threads": torch.get_num_threads(),
-            "command": "python -m course_lib.models.concept_frequency --profile " + (profile or runtime.get_profile()).name}
+            "command": "python -m course_lib.experiments.concept_frequency --profile " + (profile or runtime.get_profile()).name}
 
 
 def frequency_curve(profile=None, rebuild: bool = False, progress: bool = True) -> dict:
@@ -279,7 +287,7 @@ def log_linear_fit(rows: list[dict], metric: str = "balanced_acc") -> tuple[floa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m course_lib.models.concept_frequency", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m course_lib.experiments.concept_frequency", description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default=None, choices=runtime.PROFILE_NAMES)
     ap.add_argument("--out", default=None, help="also write the result here (e.g. course_lib/assets/concept_frequency_quick.json)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")

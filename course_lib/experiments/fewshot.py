@@ -1,10 +1,10 @@
-"""Few-shot CLIP adaptation on cached features: shared checks, a small trainer, and the
-benchmark runner used by notebooks 03 (prompt learning) and 04 (probes, adapters, transduction).
+"""The few-shot benchmark runner: every feature-space CLIP adaptation method for every (shots, seed),
+on cached features, with the tasks it runs on; used by notebooks 03 (prompt learning) and 04.
 
 Every method of module M3 except CoOp/CoCoOp only needs *image features* of a frozen encoder and
 the zero-shot *text weights* (one L2-normalised text embedding per class). Both are computed
 once (``course_lib.models`` feature cache) and the methods then train in milliseconds: that is
-the point of the "cached vs re-encoding" benchmark in ``benchmarks/bench_feature_cache.py``.
+the point of the "cached vs re-encoding" measurement (:func:`course_lib.models.feature_cache.measure_speedup`).
 
 Protocol (as in CoOp / Tip-Adapter / LP++): for each number of shots ``k`` and each seed, draw
 exactly ``k`` labelled images per class from the training pool with
@@ -13,18 +13,23 @@ test split; report mean +- std over seeds.
 """
 from __future__ import annotations
 
-import math
 import time
-from contextlib import contextmanager
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from course_lib import runtime
-from course_lib.train import optimizer_step
+from course_lib.methods.clip_fewshot import clip_adapter, coop, linear_probe, tip_adapter, transclip
+from course_lib.methods.clip_fewshot.checks import check_features, check_text_weights, single_thread
+from course_lib.methods.clip_fewshot.trainer import train_on_features
+from course_lib.methods.clip_fewshot.zero_shot_head import (  # noqa: F401  (re-exported for notebooks)
+    COOP_CTX_INIT,
+    PROMPT_CLASSNAMES,
+    text_weights,
+    zero_shot_logits,
+)
+from course_lib.train import count_parameters
 
 runtime.register_section(
     "few_shot",
@@ -41,162 +46,17 @@ runtime.register_section(
 )
 
 __all__ = [
-    "check_features",
-    "check_support",
-    "train_on_features",
-    "count_trainable",
-    "zero_shot_logits",
+    "default_methods",
     "run_benchmark",
     "summarise",
-    "single_thread",
+    "load_task",
+    "coop_method",
+    "score_predictions",
 ]
 
 
-@contextmanager
-def single_thread():
-    """Run a block with one torch thread and one BLAS/OpenMP thread, then restore.
-
-    The few-shot problems here are tiny (tens of samples x a few hundred features); on a busy
-    2-core machine multi-threaded BLAS/torch spends far more time synchronising than computing
-    (we measured 10-60x slow-downs), so every few-shot fit runs single-threaded.
-    """
-    from threadpoolctl import threadpool_limits
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(1):
-            yield
-    finally:
-        torch.set_num_threads(n)
-
-
-def count_trainable(module: nn.Module) -> int:
-    """Number of scalar parameters with ``requires_grad``."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
-def check_features(x, name: str = "features", dim: int | None = None) -> torch.Tensor:
-    """A float 2-D tensor ``(N, D)``; raises a clear error otherwise."""
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, torch.Tensor) or x.ndim != 2:
-        shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
-        raise ValueError(
-            f"{name} must be a 2-D array (num_samples, feature_dim), got {shape}; "
-            f"encode images with bb.encode_image(...) or load them from the feature cache"
-        )
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is empty (0 rows); pass at least one sample")
-    if dim is not None and x.shape[1] != dim:
-        raise ValueError(
-            f"{name} have width {x.shape[1]} but the text weights have width {dim}; "
-            f"use image and text features from the same backbone"
-        )
-    return x.float()
-
-
-def check_support(x, y, n_classes: int | None = None, dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate a labelled support set: features ``(N, D)``, integer labels ``(N,)``."""
-    if isinstance(x, (list, tuple)) and len(x) == 0:
-        raise ValueError("the support set is empty; sample k shots per class with few_shot_indices(labels, k)")
-    x = check_features(x, "support features", dim)
-    y = torch.as_tensor(np.asarray(y), dtype=torch.long).to(x.device)
-    if y.ndim != 1 or len(y) != len(x):
-        raise ValueError(
-            f"support labels must be a 1-D array with one label per support feature; got shape "
-            f"{tuple(y.shape)} for {len(x)} features"
-        )
-    if y.min() < 0 or (n_classes is not None and y.max() >= n_classes):
-        raise ValueError(
-            f"support labels must be integers in 0..{(n_classes or 0) - 1}, got {sorted(set(y.tolist()))}; "
-            f"map class names to indices of the text weights"
-        )
-    if n_classes is not None and len(torch.unique(y)) < n_classes:
-        missing = sorted(set(range(n_classes)) - set(y.tolist()))
-        raise ValueError(
-            f"the support set has no sample of class(es) {missing}; every class needs at least one shot "
-            f"(use few_shot_indices(labels, k), which draws exactly k per class)"
-        )
-    return x, y
-
-
-def check_text_weights(t) -> torch.Tensor:
-    t = check_features(t, "text weights")
-    if t.shape[0] < 2:
-        raise ValueError(
-            f"text weights must have one row per class (>= 2 classes), got {t.shape[0]}; "
-            f"build them with zero-shot class prompts"
-        )
-    return F.normalize(t, dim=-1)
-
-
-def zero_shot_logits(features: torch.Tensor, text_weights: torch.Tensor, logit_scale: float = 100.0) -> torch.Tensor:
-    """CLIP zero-shot logits ``logit_scale * cos(f, t_k)`` (CLIP, Radford et al. 2021, Sec. 3.1.2)."""
-    t = check_text_weights(text_weights)
-    f = F.normalize(check_features(features, "features", t.shape[1]), dim=-1)
-    return logit_scale * f @ t.to(f.device).t()
-
-
-def train_on_features(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    epochs: int,
-    lr: float,
-    batch_size: int = 32,
-    weight_decay: float = 0.0,
-    seed: int = 0,
-    progress: bool = False,
-    desc: str = "train",
-    encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> list[float]:
-    """Cross-entropy training of ``model(features) -> logits`` with AdamW + cosine schedule.
-
-    ``encode`` (optional) maps each mini-batch of ``x`` to features first: passing the frozen
-    image encoder and raw images here is the "re-encode every epoch" baseline of the speed
-    benchmark; the default trains directly on cached features.
-    Returns the mean loss per epoch.
-    """
-    from tqdm.auto import tqdm
-
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"{type(model).__name__} has no trainable parameter; nothing to train")
-    device = params[0].device
-    x, y = x.to(device), torch.as_tensor(y, dtype=torch.long, device=device)
-    n = len(y)
-    steps_per_epoch = max(1, math.ceil(n / batch_size))
-    total = epochs * steps_per_epoch
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
-    scaler = runtime.grad_scaler(device)
-    g = torch.Generator().manual_seed(seed)
-    losses = []
-    model.train()
-    for _ in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
-        perm = torch.randperm(n, generator=g).to(device)
-        tot = 0.0
-        for b in range(steps_per_epoch):
-            idx = perm[b * batch_size : (b + 1) * batch_size]
-            xb = x[idx]
-            with runtime.autocast(device):
-                if encode is not None:
-                    with torch.no_grad():
-                        xb = encode(xb)
-                loss = F.cross_entropy(model(xb.float()), y[idx])
-            optimizer_step(loss, opt, scaler, sched)
-            tot += float(loss.detach()) * len(idx)
-        losses.append(tot / n)
-    model.eval()
-    return losses
-
-
 # --------------------------------------------------------------------------- benchmark runner
-def _metrics(y_true: np.ndarray, prob: np.ndarray) -> dict:
+def score_predictions(y_true: np.ndarray, prob: np.ndarray) -> dict:
     """Accuracy and AUC (binary: score of class 1; multi-class: one-vs-rest macro)."""
     from sklearn.metrics import roc_auc_score
 
@@ -218,8 +78,6 @@ def default_methods(P=None, logit_scale: float = 100.0) -> dict[str, Callable]:
 
     ``xs, ys``: support features/labels; ``xq``: query (test) features; ``T``: text weights.
     """
-    from course_lib.methods import clip_adapter, linear_probe, tip_adapter, transclip
-
     P = P or runtime.get_profile()
     S = P.section("few_shot")
     A = P.section("clip_adapter")
@@ -234,19 +92,19 @@ def default_methods(P=None, logit_scale: float = 100.0) -> dict[str, Callable]:
     def lpp(xs, ys, xq, T, seed):
         m = linear_probe.TextInitProbe(T)
         m.fit(xs, ys, steps=S.lpp_steps)
-        return m(xq).softmax(-1).detach(), count_trainable(m)
+        return m(xq).softmax(-1).detach(), count_parameters(m, trainable=True)
 
     def clap(xs, ys, xq, T, seed):
         m = linear_probe.ClapProbe(T, logit_scale=logit_scale)
         m.fit(xs, ys, steps=S.clap_steps)
-        return m(xq).softmax(-1).detach(), count_trainable(m)
+        return m(xq).softmax(-1).detach(), count_parameters(m, trainable=True)
 
     def adapter(xs, ys, xq, T, seed):
         torch.manual_seed(seed)
         m = clip_adapter.CLIPAdapter(T, reduction=A.reduction, ratio=A.ratio, logit_scale=logit_scale)
         train_on_features(m, xs, ys, epochs=S.epochs, lr=S.lr, batch_size=S.batch_size, seed=seed)
         with torch.no_grad():
-            return m(xq).softmax(-1), count_trainable(m)
+            return m(xq).softmax(-1), count_parameters(m, trainable=True)
 
     def tip(xs, ys, xq, T, seed):
         m = tip_adapter.TipAdapter(T, xs, ys, logit_scale=logit_scale)
@@ -259,7 +117,7 @@ def default_methods(P=None, logit_scale: float = 100.0) -> dict[str, Callable]:
         m.search_hparams(xs, ys, S.tip_alphas, S.tip_betas, leave_one_out=True)
         train_on_features(m, xs, ys, epochs=max(S.epochs // 3, 1), lr=S.lr, batch_size=S.batch_size, seed=seed)
         with torch.no_grad():
-            return m(xq).softmax(-1), count_trainable(m)
+            return m(xq).softmax(-1), count_parameters(m, trainable=True)
 
     def trans(xs, ys, xq, T, seed):
         z = transclip.transclip(xq, T, support=xs, support_labels=ys, logit_scale=logit_scale, iters=S.transclip_iters)
@@ -313,7 +171,7 @@ def run_benchmark(
                 t0 = time.perf_counter()
                 probs, n_params = fn(xs, ys, test_x, T, s)
                 dt = time.perf_counter() - t0
-            m = _metrics(test_y, np.asarray(probs, dtype=np.float64))
+            m = score_predictions(test_y, np.asarray(probs, dtype=np.float64))
             rows.append(dict(dataset=dataset, method=name, shots=k, seed=s, **m, params=int(n_params), seconds=dt))
     return pd.DataFrame(rows)
 
@@ -328,21 +186,6 @@ def summarise(df, metric: str = "accuracy"):
 
 
 # --------------------------------------------------------------------------- tasks
-#: class names as the text encoder sees them: with CoOp's ``ctx_init = "an ultrasound image of a"``
-#: the prompt "an ultrasound image of a benign lesion." is exactly ``zero_shot.SINGLE_TEMPLATE``.
-PROMPT_CLASSNAMES = ("benign lesion", "malignant lesion")
-COOP_CTX_INIT = "an ultrasound image of a"
-
-
-def text_weights(bb, kind: str = "ensemble") -> torch.Tensor:
-    """Zero-shot class weights ``(2, D)`` for benign/malignant: the (normalised) mean of the
-    prompt embeddings of each class from :func:`course_lib.models.zero_shot.build_prompts`."""
-    from course_lib.models import zero_shot
-
-    feats = zero_shot.text_features(bb, zero_shot.build_prompts(kind))
-    return F.normalize(torch.stack([F.normalize(t.mean(0), dim=-1) for t in feats]), dim=-1)
-
-
 def load_task(source: str, bb, P=None, *, centers=None, test_centers=None, seed: int = 0, progress: bool = False) -> dict:
     """Benign-vs-malignant few-shot task with cached features.
 
@@ -391,8 +234,6 @@ def coop_method(bb, *, steps: int, lr: float = 2e-3, batch_size: int = 32, ctx_i
                 n_ctx: int = 4, cocoop: bool = False, classnames=PROMPT_CLASSNAMES, keep: list | None = None):
     """A runner method (see :func:`default_methods`) that trains CoOp (or CoCoOp) on the support
     features with ``bb``'s frozen text tower. ``keep``: a list that receives each trained model."""
-    from course_lib.methods import coop
-
     def fn(xs, ys, xq, T, seed):
         torch.manual_seed(seed)
         cls = coop.CoCoOp if cocoop else coop.CoOp
@@ -402,6 +243,154 @@ def coop_method(bb, *, steps: int, lr: float = 2e-3, batch_size: int = 32, ctx_i
             keep.append(m)
         with torch.no_grad():
             probs = torch.cat([m(xq[i : i + 256].to(bb.device)).float().softmax(-1).cpu() for i in range(0, len(xq), 256)])
-        return probs, count_trainable(m)
+        return probs, count_parameters(m, trainable=True)
 
     return fn
+
+
+# --------------------------------------------------------------------------- cached vs re-encoded speed
+def measure_feature_cache_speedup(backbone: str | None = None, pretrained="default", *, n: int | None = None,
+                                  epochs: int | None = None, batch_size: int = 32, repeats: int = 5, P=None) -> dict:
+    """Train the same CLIP-Adapter on ``n`` SonoSynth images twice: on features encoded once (cached),
+    and re-encoding every mini-batch in every epoch with the frozen image encoder; time both.
+
+    The cached run is short, so it is timed ``repeats`` times (fresh adapter each time) and the median
+    kept. On CPU both run single-threaded (:func:`single_thread`). Returns the backbone, device, sizes,
+    ``encode_once_s``, ``train_cached_s``, ``train_reencode_s``, ``per_epoch_ratio``,
+    ``end_to_end_ratio`` and ``same_result`` (the two adapters end with the same weights, atol 1e-4).
+    Sizes default to the profile (``P.section("few_shot").bench_n`` / ``bench_epochs``).
+    ``benchmarks/bench_feature_cache.py`` is the command-line front of this function.
+    """
+    import contextlib
+    import warnings
+
+    from course_lib.data import sonosynth as ss
+    from course_lib.models import load_backbone
+    from course_lib.models.zero_shot import encode_images
+
+    P = P or runtime.get_profile()
+    S = P.section("few_shot")
+    n, epochs = n or S.bench_n, epochs or S.bench_epochs
+    runtime.seed_everything(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # sonoclip-tiny without checkpoint warns once
+        bb = load_backbone(backbone or P.backbone, pretrained=pretrained, verbose=False)
+    b = ss.generate_batch(n, seed=0, image_size=bb.image_size)
+    images = torch.from_numpy(b["image"])
+    labels = torch.as_tensor(np.asarray(b["label"]) % 2)
+    T = text_weights(bb, "single")
+    scale = float(bb.model.logit_scale.detach().exp())
+    device = runtime.get_device()
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    threads = single_thread() if device.type == "cpu" else contextlib.nullcontext()
+    with threads:
+        with torch.no_grad():  # warm-up (first calls allocate / compile kernels)
+            bb.encode_image(images[:4])
+        sync()
+        t0 = time.perf_counter()
+        feats = encode_images(bb, images, batch_size=256).to(device)
+        sync()
+        t_encode = time.perf_counter() - t0
+        runs = []
+        for _ in range(repeats):
+            torch.manual_seed(0)
+            m = clip_adapter.CLIPAdapter(T, logit_scale=scale).to(device)
+            sync()
+            t0 = time.perf_counter()
+            train_on_features(m, feats, labels, epochs=epochs, lr=1e-3, batch_size=batch_size)
+            sync()
+            runs.append(time.perf_counter() - t0)
+        t_cached = float(np.median(runs))
+        torch.manual_seed(0)
+        m2 = clip_adapter.CLIPAdapter(T, logit_scale=scale).to(device)
+        bb.model.eval()
+        sync()
+        t0 = time.perf_counter()
+        train_on_features(m2, images.to(device), labels, epochs=epochs, lr=1e-3, batch_size=batch_size,
+                          encode=lambda xb: bb.encode_image(xb).float())
+        sync()
+        t_reenc = time.perf_counter() - t0
+    same = torch.allclose(torch.cat([p.flatten() for p in m.parameters()]),
+                          torch.cat([p.flatten() for p in m2.parameters()]), atol=1e-4)
+    return dict(backbone=bb.name, image_size=bb.image_size, device=device.type, n=n, epochs=epochs,
+                encode_once_s=t_encode, train_cached_s=t_cached, train_reencode_s=t_reenc,
+                per_epoch_ratio=t_reenc / t_cached, end_to_end_ratio=t_reenc / (t_cached + t_encode),
+                same_result=bool(same))
+
+
+def format_speedup(res: dict) -> str:
+    """The report of :func:`measure_feature_cache_speedup` as text lines."""
+    e = res["epochs"]
+    return "\n".join([
+        f"backbone {res['backbone']} on {res['device']}{' (1 thread)' if res['device'] == 'cpu' else ''}: "
+        f"{res['n']} images at {res['image_size']} px, {e} epochs, CLIP-Adapter",
+        f"  encode once                 : {res['encode_once_s']:8.3f} s",
+        f"  train on cached features    : {res['train_cached_s']:8.3f} s  ({1e3 * res['train_cached_s'] / e:.1f} ms/epoch, median)",
+        f"  train re-encoding each epoch: {res['train_reencode_s']:8.3f} s  ({1e3 * res['train_reencode_s'] / e:.1f} ms/epoch)",
+        f"  speed-up per epoch (training): {res['per_epoch_ratio']:.0f}x",
+        f"  speed-up incl. one-time encoding: {res['end_to_end_ratio']:.1f}x over {e} epochs",
+        f"  identical adapters (cached == re-encoded): {res['same_result']}",
+    ])
+
+
+# --------------------------------------------------------------------------- notebook 03: domain shift
+def train_prompt_predictor(bb, xs, ys, *, seed: int, cocoop: bool = False, C=None, batch: int = 64) -> Callable:
+    """Train CoOp (or CoCoOp) from the template context on support features ``xs, ys`` with the
+    profile's ``coop`` sizes ``C`` and return ``predict(x) -> probabilities`` (batched, on the CPU)."""
+    C = C or runtime.get_profile().section("coop")
+    torch.manual_seed(seed)
+    cls = coop.CoCoOp if cocoop else coop.CoOp
+    m = cls.from_backbone(bb, PROMPT_CLASSNAMES, ctx_init=COOP_CTX_INIT)
+    steps, bs = (C.cocoop_steps, C.cocoop_batch_size) if cocoop else (C.steps, C.batch_size)
+    coop.train_prompt_learner(m, xs, ys, steps=steps, lr=C.lr, batch_size=bs, seed=seed)
+    return lambda x: torch.cat([m(x[i:i + batch].to(bb.device)).softmax(-1).cpu() for i in range(0, len(x), batch)])
+
+
+# --------------------------------------------------------------------------- notebook 04: imbalanced batches
+def imbalance_experiment(tasks: dict, text_weights_: torch.Tensor, *, seeds: Sequence[int], logit_scale: float,
+                         fractions: Sequence[float] = (0.5, 0.25, 0.1), shots: int = 4, P=None):
+    """Inductive vs transductive inference on test batches re-sampled to a malignant fraction.
+
+    For every task, fraction and seed: all benign test images plus a seeded random subset of the
+    malignant ones (at least 2) so that the malignant share is ``fraction``; methods: zero-shot,
+    TransCLIP-style zero-shot, Tip-Adapter and TransCLIP-style with ``shots`` labelled shots per class.
+    Returns a long ``pandas.DataFrame`` (dataset, malignant_fraction, seed, method,
+    predicted_malignant and the metrics of :func:`score_predictions`).
+    """
+    import pandas as pd
+
+    from course_lib.data.common import few_shot_indices
+
+    P = P or runtime.get_profile()
+    S = P.section("few_shot")
+    T = text_weights_
+    rows = []
+    for name, t in tasks.items():
+        yt = np.asarray(t["test_y"])
+        ben, mal = np.flatnonzero(yt == 0), np.flatnonzero(yt == 1)
+        for frac in fractions:
+            n_m = max(2, min(len(mal), int(round(frac / (1 - frac) * len(ben)))))
+            for s in seeds:
+                rng = np.random.default_rng(s)
+                q = np.concatenate([ben, rng.choice(mal, n_m, replace=False)])
+                xq, yq_ = t["test_x"][q], yt[q]
+                sup = few_shot_indices(t["pool_y"], shots, seed=s)
+                xs, ys = t["pool_x"][sup], t["pool_y"][sup]
+                with single_thread():
+                    zs_p = zero_shot_logits(xq, T, logit_scale).softmax(-1)
+                    tr0 = transclip.transclip(xq, T, logit_scale=logit_scale, iters=S.transclip_iters)
+                    tip = tip_adapter.TipAdapter(T, xs, ys, logit_scale=logit_scale)
+                    tip.search_hparams(xs, ys, S.tip_alphas, S.tip_betas, leave_one_out=True)
+                    tip_p = tip(xq).softmax(-1).detach()
+                    tr = transclip.transclip(xq, T, support=xs, support_labels=ys, logit_scale=logit_scale,
+                                             iters=S.transclip_iters)
+                for method, p in [("zero-shot", zs_p), ("TransCLIP zero-shot", tr0),
+                                  (f"Tip-Adapter {shots}-shot", tip_p), (f"TransCLIP {shots}-shot", tr)]:
+                    rows.append(dict(dataset=name, malignant_fraction=frac, seed=s, method=method,
+                                     predicted_malignant=float((p.argmax(1) == 1).float().mean()),
+                                     **score_predictions(yq_, p.numpy())))
+    return pd.DataFrame(rows)

@@ -1,4 +1,5 @@
-"""One interface for every vision-language backbone of the course.
+"""One interface for every vision-language backbone of the course (course-built sonoclip-tiny, open_clip models).
+Used by notebooks 01-05 and 09-11 (every notebook that encodes images or text with a CLIP).
 
 ``load_backbone(name, pretrained=...)`` returns a :class:`Backbone` wrapping an open_clip
 ``CLIP`` module (Radford et al., 2021, "Learning Transferable Visual Models From Natural
@@ -35,7 +36,6 @@ within a couple of seconds (``runtime.hub_reachable`` has a short timeout and ho
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -47,7 +47,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from course_lib import runtime
+from course_lib import checkpoints, runtime
+from course_lib.checkpoints import ChecksumError, sha256_file  # noqa: F401  (re-exported)
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 
@@ -69,7 +70,10 @@ SONOCLIP_TINY_CFG = {
 }
 SONOCLIP_TINY_FILE = ASSETS_DIR / "sonoclip-tiny.safetensors"
 #: SHA-256 of the committed checkpoint (also in data_cards/sonoclip-tiny.md). ``None`` while untrained.
-SONOCLIP_TINY_SHA256: str | None = "dde308e87be215d5a8cb54e1e02b4a96a98d7d44541fc052e9dde4efb33b10c1"
+SONOCLIP_TINY_SHA256: str | None = "4f3d9f91fe81a3d04c4539ef4fb7b8a827212f3c0ceeebe88acc4c86b5c7cc5d"
+#: digest of the checkpoint's *tensors* (:func:`state_digest`): what every number computed with the model depends
+#: on. Unchanged when the file was re-saved in the checksummed format (header changed, weights bit-identical).
+SONOCLIP_TINY_WEIGHTS_SHA256 = "a8b62e133b3484101719e884d6caa919bec41fe3855420a31bb2e5a7c6268db2"
 SONOCLIP_TINY_REBUILD = "python -m course_lib.models.pretrain --out course_lib/assets/sonoclip-tiny.safetensors"
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -107,10 +111,6 @@ DEFAULT = "default"
 
 class BackboneUnavailableError(RuntimeError):
     """Pretrained weights were asked for explicitly and cannot be had (offline, not cached...)."""
-
-
-class ChecksumError(RuntimeError):
-    """A course checkpoint's SHA-256 does not match the one recorded in the code and its card."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -151,14 +151,6 @@ def _register_tiny_config() -> None:
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
     open_clip.add_model_config(path)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def canonical_name(name: str) -> str:
@@ -440,32 +432,37 @@ def tiny_tokenizer(context_length: int | None = None):
     return open_clip.get_tokenizer(SONOCLIP_TINY_NAME, context_length=context_length)
 
 
-def save_checkpoint(model, path: str | os.PathLike, meta: dict | None = None) -> str:
-    """fp16 safetensors checkpoint (deterministic bytes); returns its SHA-256."""
-    from safetensors.torch import save_file
+def state_digest(tensors: dict) -> str:
+    """SHA-256 over the names, dtypes and raw bytes of a state dict's tensors (sorted by name): identifies
+    the *weights*, independently of the file format or header."""
+    import hashlib
 
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(-1).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_checkpoint(model, path: str | os.PathLike, meta: dict | None = None) -> str:
+    """fp16 checkpoint written with :func:`course_lib.checkpoints.save_state` (safetensors, payload
+    checksum and the model config in the header; deterministic bytes); returns the file's SHA-256."""
     sd = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
-    metadata = {"config": json.dumps(SONOCLIP_TINY_CFG, sort_keys=True)}
-    if meta:
-        metadata["meta"] = json.dumps(meta, sort_keys=True, default=str)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(path), metadata=metadata)
-    return sha256_file(path)
+    return checkpoints.save_state(path, sd, {"config": SONOCLIP_TINY_CFG, **(meta or {})})
 
 
 def read_checkpoint_meta(path: str | os.PathLike = SONOCLIP_TINY_FILE) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        md = f.metadata() or {}
-    return json.loads(md.get("meta", "{}"))
+    """The metadata (config, recipe, metrics, ...) stored in a sonoclip-tiny checkpoint's header."""
+    return checkpoints.read_meta(path)
 
 
 def load_sonoclip_tiny(pretrained=DEFAULT, expected_sha256: str | None = DEFAULT):
     """The tiny CLIP with its committed weights (``pretrained=DEFAULT``), a checkpoint file path, or
-    random weights (``pretrained=None``). The committed file's SHA-256 is checked."""
-    from safetensors.torch import load_file
-
+    random weights (``pretrained=None``). Read with :func:`course_lib.checkpoints.load_state` (payload
+    checksum verified for every file); the committed file's SHA-256 is checked too. An explicit path
+    that does not exist raises ``FileNotFoundError``."""
     model = build_sonoclip_tiny()
     if pretrained is None:
         return model, None
@@ -492,16 +489,15 @@ def load_sonoclip_tiny(pretrained=DEFAULT, expected_sha256: str | None = DEFAULT
                 f"sonoclip-tiny checkpoint {path} not found; pass an existing file, pretrained='default' "
                 f"for the committed one, or pretrained=None for random weights"
             )
-    if sha is not None:
-        got = sha256_file(path)
-        if got != sha:
-            raise ChecksumError(
-                f"sonoclip-tiny checkpoint {path} has SHA-256 {got}, expected {sha} (recorded in "
-                f"course_lib/models/backbones.py and data_cards/sonoclip-tiny.md). The file is corrupt or was "
-                f"replaced: restore it with `git checkout -- {path.name}` or rebuild with `{SONOCLIP_TINY_REBUILD}` "
-                f"and update the recorded checksum."
-            )
-    sd = {k: v.float() for k, v in load_file(str(path)).items()}
+    if sha is not None and sha256_file(path) != sha:
+        raise ChecksumError(
+            f"sonoclip-tiny checkpoint {path} has SHA-256 {sha256_file(path)}, expected {sha} (recorded in "
+            f"course_lib/models/backbones.py and data_cards/sonoclip-tiny.md). The file is corrupt or was "
+            f"replaced: restore it with `git checkout -- {path.name}` or rebuild with `{SONOCLIP_TINY_REBUILD}` "
+            f"and update the recorded checksum."
+        )
+    tensors, _meta = checkpoints.load_state(path)
+    sd = {k: v.float() for k, v in tensors.items()}
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise RuntimeError(

@@ -1,11 +1,14 @@
 """On-disk cache of image/text features so probes and adapters train without re-encoding.
+Used by notebooks 02-04 (and the few-shot / concept-frequency experiments).
 
 A cache entry is keyed by ``(backbone, dataset, split, size, seed)`` (:class:`FeatureKey`); the
 backbone part is a *fingerprint* of the weights (name, pretrained tag and a hash of the parameters),
 so fine-tuned or re-initialised weights never reuse stale features. Each file also stores its key
 and a hash of the input data; a mismatch on load (the key changed, or the same key now points at
-different images) invalidates the entry and the features are recomputed. Files live under
-``runtime.cache_dir("features")`` and are rebuilt whenever missing.
+different images) invalidates the entry and the features are recomputed. Files are safetensors
+written with :func:`course_lib.checkpoints.save_state` (no pickle; payload checksum verified on load,
+a corrupt file is recomputed), live under ``runtime.cache_dir("features")`` and are rebuilt whenever
+missing.
 
 Usage::
 
@@ -23,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from course_lib import runtime
+from course_lib import checkpoints, runtime
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class FeatureKey:
 
     def filename(self) -> str:
         safe = lambda s: "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(s))[:40]  # noqa: E731
-        return f"{safe(self.dataset)}_{safe(self.split)}_{self.kind}_{self.digest()}.pt"
+        return f"{safe(self.dataset)}_{safe(self.split)}_{self.kind}_{self.digest()}.safetensors"
 
 
 def backbone_fingerprint(bb) -> str:
@@ -78,7 +81,7 @@ def data_fingerprint(x) -> str:
 
 
 class FeatureCache:
-    """A folder of ``.pt`` files, one per :class:`FeatureKey`; counts ``hits``/``misses``/``invalidated``."""
+    """A folder of ``.safetensors`` files, one per :class:`FeatureKey`; counts ``hits``/``misses``/``invalidated``."""
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else runtime.cache_dir("features")
@@ -93,20 +96,19 @@ class FeatureCache:
         if not p.exists():
             return None
         try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception:  # corrupt/partial file -> recompute
+            tensors, meta = checkpoints.load_state(p)
+        except (checkpoints.CheckpointError, OSError):  # corrupt/partial/foreign file -> recompute
             self.invalidated += 1
             return None
-        if obj.get("key") != asdict(key) or (data_hash is not None and obj.get("data_hash") != data_hash):
+        if meta.get("key") != asdict(key) or (data_hash is not None and meta.get("data_hash") != data_hash) \
+                or "features" not in tensors:
             self.invalidated += 1
             return None
-        return obj
+        return {**meta, "features": tensors["features"]}
 
     def save(self, key: FeatureKey, features: torch.Tensor, data_hash: str | None = None, **extra) -> Path:
         p = self.path(key)
-        tmp = p.with_suffix(".tmp")
-        torch.save({"key": asdict(key), "data_hash": data_hash, "features": features.detach().cpu(), **extra}, tmp)
-        tmp.replace(p)
+        checkpoints.save_state(p, {"features": features.detach().cpu()}, {"key": asdict(key), "data_hash": data_hash, **extra})
         return p
 
     def get_or_compute(self, key: FeatureKey, compute: Callable[[], torch.Tensor], data_hash: str | None = None,
@@ -122,7 +124,7 @@ class FeatureCache:
 
     def clear(self) -> int:
         n = 0
-        for p in self.root.glob("*.pt"):
+        for p in [*self.root.glob("*.safetensors"), *self.root.glob("*.pt")]:
             p.unlink()
             n += 1
         return n

@@ -1,4 +1,5 @@
 """Contrastive image-text pretraining of the course's tiny CLIP on SonoSynth image-report pairs.
+Used by notebook 01 (and to rebuild the committed sonoclip-tiny checkpoint).
 
 Objective (CLIP, Radford et al., 2021, ICML, Fig. 3; the InfoNCE loss of van den Oord et al., 2018,
 "Representation Learning with Contrastive Predictive Coding", Eq. 4): for a batch of ``N`` pairs with
@@ -9,7 +10,8 @@ L2-normalised image embeddings ``u_i`` and text embeddings ``v_j`` and a learnab
     L = 1/2 [ 1/N sum_i -log softmax_j(logits)_ii  +  1/N sum_j -log softmax_i(logits)_jj ]
 
 i.e. cross-entropy with the matching pair as the "class", in both directions (image->text and
-text->image). :func:`clip_loss` is exactly this; :func:`recall_at_k` is the retrieval metric.
+text->image). :func:`course_lib.losses.info_nce` is exactly this (the one implementation of the
+course); :func:`recall_at_k` is the retrieval metric.
 
 Rebuild the committed checkpoint (seeded; numbers land in ``data_cards/sonoclip-tiny.md``)::
 
@@ -30,12 +32,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from course_lib import runtime
+from course_lib import runtime, train
+from course_lib.losses import info_nce
 from course_lib.models import backbones
 from course_lib.models import zero_shot as zs
-from course_lib.train import optimizer_step
 
 #: the data + optimisation recipe of the committed checkpoint (``python -m course_lib.models.pretrain``)
 RECIPE = dict(
@@ -63,21 +64,7 @@ runtime.register_section(
 
 
 # --------------------------------------------------------------------------- maths
-def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float,
-              return_logits: bool = False):
-    """Symmetric InfoNCE of CLIP (module docstring). Features must be L2-normalised ``(N, D)`` pairs;
-    ``logit_scale`` is ``1/tau`` (already exponentiated)."""
-    if image_features.shape != text_features.shape or image_features.ndim != 2:
-        raise ValueError(
-            f"image and text features must both be (N, D) with matching pairs in the same rows; got "
-            f"{tuple(image_features.shape)} and {tuple(text_features.shape)}"
-        )
-    logits = logit_scale * image_features @ text_features.T
-    target = torch.arange(len(logits), device=logits.device)
-    loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-    return (loss, logits) if return_logits else loss
-
-
+# region: pretrain-recall-at-k
 def recall_at_k(similarity: torch.Tensor, k: int = 1) -> float:
     """Fraction of rows whose matching column (the diagonal) is among the top ``k`` scores.
 
@@ -91,6 +78,7 @@ def recall_at_k(similarity: torch.Tensor, k: int = 1) -> float:
     diag = similarity.diagonal().unsqueeze(1)
     rank = (similarity > diag).sum(1) + ((similarity == diag).sum(1) - 1)  # ties pessimistic
     return float((rank < k).float().mean())
+# endregion
 
 
 # --------------------------------------------------------------------------- data
@@ -160,7 +148,7 @@ def fit_text(text: str, tokenizer, context_length: int | None = None) -> str:
     mention no clinical concept (background, e.g. "The trachea is midline.") go first, then the
     longest remaining middle sentences. Deterministic. Texts that already fit are returned unchanged.
     """
-    from course_lib.data._sonosynth_report import report_concepts
+    from course_lib.data.sonosynth.report import report_concepts
 
     ctx = context_length or tokenizer.context_length
     n_tok = lambda t: len(tokenizer.encode(t)) + 2  # noqa: E731  (+ start/end tokens)
@@ -224,18 +212,21 @@ def evaluate(bb, corpus: dict, prompts: str | dict = "descriptions", batch_size:
     return out
 
 
+# region: pretrain-train-clip
 def train_clip(bb, corpus: dict, *, steps: int, batch_size: int, lr: float = 1e-3, weight_decay: float = 0.1,
                warmup: int | None = None, seed: int = 0, temperature: float | None = None,
                eval_corpus: dict | None = None, eval_every: int = 0, progress: bool = True,
                desc: str = "pretrain", callback: Callable | None = None) -> dict:
-    """Train ``bb.model`` (all parameters) with :func:`clip_loss` on ``corpus`` pairs.
+    """Train ``bb.model`` (all parameters) with :func:`course_lib.losses.info_nce` on ``corpus`` pairs,
+    through :func:`course_lib.train.fit` (step mode).
 
-    ``temperature=None`` learns ``tau`` (CLIP); a float freezes it at that value (notebook 01's ablation).
-    Returns a history dict of lists: ``step, loss, tau`` and, every ``eval_every`` steps, ``eval_step,
-    i2t_r1, t2i_r1`` on ``eval_corpus``. Seeded batches (``seed``); AMP on CUDA via ``runtime.autocast``.
+    AdamW (betas 0.9/0.98, eps 1e-6, no decay on gains/biases/embeddings/``logit_scale``), a linear
+    warm-up multiplied by a cosine decay, gradient-norm clipping at 1, and ``logit_scale`` clamped to
+    ``[0, log 100]`` after every step (CLIP Sec. 2.5). Batches walk a seeded permutation of the corpus
+    (a new one when it runs out). ``temperature=None`` learns ``tau`` (CLIP); a float freezes it at
+    that value (notebook 01's ablation). Returns a history dict of lists: ``step, loss, tau`` and,
+    every ``eval_every`` steps, ``eval_step, i2t_r1, t2i_r1`` on ``eval_corpus``.
     """
-    from tqdm.auto import tqdm
-
     model = bb.model
     device = bb.device
     n = len(corpus["images"])
@@ -255,7 +246,6 @@ def train_clip(bb, corpus: dict, *, steps: int, batch_size: int, lr: float = 1e-
     warmup = max(1, int(0.07 * steps)) if warmup is None else max(1, warmup)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
-    scaler = runtime.grad_scaler(device)
     hist = {"step": [], "loss": [], "tau": [], "eval_step": [], "i2t_r1": [], "t2i_r1": []}
 
     def do_eval(step):
@@ -269,36 +259,41 @@ def train_clip(bb, corpus: dict, *, steps: int, batch_size: int, lr: float = 1e-
             if k in m:
                 hist.setdefault(k, []).append(m[k])
 
+    state = {"perm": torch.randperm(n, generator=gen), "ptr": 0}
+
+    def batch(step):  # walk a seeded permutation; draw a new one when fewer than batch_size are left
+        if state["ptr"] + batch_size > n:
+            state["perm"], state["ptr"] = torch.randperm(n, generator=gen), 0
+        idx = state["perm"][state["ptr"]:state["ptr"] + batch_size]
+        state["ptr"] += batch_size
+        return bb.preprocess(images[idx]), tokens[idx]
+
+    last = {}
+
+    def forward(m, xt):
+        u = m.encode_image(xt[0], normalize=True)
+        v = m.encode_text(xt[1], normalize=True)
+        last["loss"] = info_nce(u.float(), v.float(), m.logit_scale.exp())
+        return last["loss"]
+
+    def after_step(step, m, _opt):
+        with torch.no_grad():
+            m.logit_scale.clamp_(0, math.log(100))
+        hist["step"].append(step + 1)
+        hist["loss"].append(float(last["loss"].detach()))
+        hist["tau"].append(1.0 / m.logit_scale.exp().item())
+        if eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            do_eval(step + 1)
+        if callback is not None:
+            callback(step + 1, hist)
+
     model.train()
     do_eval(0)
-    perm = torch.randperm(n, generator=gen)
-    ptr = 0
-    bar = tqdm(range(1, steps + 1), desc=desc, leave=False, disable=not progress)
-    for step in bar:
-        if ptr + batch_size > n:
-            perm, ptr = torch.randperm(n, generator=gen), 0
-        idx = perm[ptr:ptr + batch_size]
-        ptr += batch_size
-        x = bb.preprocess(images[idx])
-        t = tokens[idx].to(device)
-        with runtime.autocast(device):
-            u = model.encode_image(x, normalize=True)
-            v = model.encode_text(t, normalize=True)
-            loss = clip_loss(u.float(), v.float(), model.logit_scale.exp())
-        optimizer_step(loss, opt, scaler, sched, grad_clip=1.0, params=model.parameters())
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        hist["step"].append(step)
-        loss = loss.detach()
-        hist["loss"].append(float(loss))
-        hist["tau"].append(1.0 / model.logit_scale.exp().item())
-        bar.set_postfix(loss=f"{float(loss):.3f}", tau=f"{hist['tau'][-1]:.3f}")
-        if eval_every and (step % eval_every == 0 or step == steps):
-            do_eval(step)
-        if callback is not None:
-            callback(step, hist)
+    train.fit(model, batch, steps=steps, optimizer=opt, scheduler=sched, forward=forward, after_step=after_step,
+                  grad_clip=1.0, clip_params=list(model.parameters()), progress=progress, desc=desc)
     model.eval()
     return hist
+# endregion
 
 
 # --------------------------------------------------------------------------- BUSI

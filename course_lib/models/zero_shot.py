@@ -1,4 +1,5 @@
 """Zero-shot classification with CLIP: one template, template ensembles, clinical descriptions.
+Used by notebooks 01-04 (zero-shot baselines) and by the pretraining / concept-frequency code.
 
 * Zero-shot CLIP (Radford et al., 2021, ICML, Sec. 3.1.2): class ``c`` is represented by the text
   embedding ``t_c`` of a prompt; an image with embedding ``v`` gets logits ``tau^-1 * cos(v, t_c)`` and
@@ -12,7 +13,7 @@
   posterior features, calcifications and orientation, and the class score is the *average
   similarity* ``s_c(v) = 1/M sum_m cos(v, t_{c,m})`` ("similarity" mode). Because each ``t_{c,m}`` is
   unit-norm, ``s_c(v) = cos(v, mean_m t_{c,m}) * ||mean_m t_{c,m}||``: the two modes rank images of
-  one class identically but weigh classes differently (tested in ``tests/test_zero_shot.py``).
+  one class identically but weigh classes differently (tested in ``tests/models/test_zero_shot.py``).
 
 The vocabulary follows the ACR BI-RADS ultrasound lexicon (shape, margin, echo pattern, posterior
 features, calcifications, orientation) which also drives SonoSynth's benign/malignant rules.
@@ -121,6 +122,7 @@ def text_features(bb, prompts: Mapping[str, Sequence[str]]) -> list[torch.Tensor
     return [bb.encode_text(bb.tokenize(list(ps)), normalize=True).float() for ps in prompts.values()]
 
 
+# region: zeroshot-ensemble-scores
 def ensemble_scores(image_features: torch.Tensor, class_text_features: Sequence[torch.Tensor],
                     mode: str = "embedding") -> torch.Tensor:
     """Cosine scores ``(B, C)`` of L2-normalised image features against per-class prompt sets.
@@ -143,6 +145,7 @@ def ensemble_scores(image_features: torch.Tensor, class_text_features: Sequence[
         else:
             cols.append((v @ t.T).mean(1))
     return torch.stack(cols, dim=1)
+# endregion
 
 
 @torch.no_grad()
@@ -199,3 +202,28 @@ def evaluate_scores(scores: torch.Tensor, labels: Sequence[int], logit_scale: fl
     else:
         out["auc"] = float(roc_auc_score(labels, probs, multi_class="ovr"))
     return out
+
+
+def plot_text_retrieval(bb, gallery, gallery_features: torch.Tensor, names: Sequence[str], text: str, ncols: int = 6):
+    """Rank a small image gallery by cosine similarity to one free-text description and draw it
+    (most similar first, each panel titled with its name and cosine). Notebook 02's text playground."""
+    import matplotlib.pyplot as plt
+
+    if len(gallery) != len(gallery_features) or len(gallery) != len(names):
+        raise ValueError(f"gallery ({len(gallery)}), gallery_features ({len(gallery_features)}) and names "
+                         f"({len(names)}) must have one entry per image")
+    with torch.no_grad():
+        t = bb.encode_text(bb.tokenize([text])).float()
+    sims = (gallery_features.float() @ t.T).squeeze(1).numpy()
+    order = np.argsort(-sims)
+    nrows = int(np.ceil(len(order) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(13, 2.4 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), order):
+        ax.imshow(gallery[i], cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"{names[i]}\ncos {sims[i]:.2f}", fontsize=8)
+    fig.suptitle(repr(text), fontsize=9)
+    plt.tight_layout()
+    plt.show()
+    return sims

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from course_lib import runtime
 from course_lib.models import backbones as B
 from course_lib.models import load_backbone
-from course_lib.models.pretrain import clip_loss, recall_at_k, train_clip
+from course_lib.losses import info_nce as clip_loss
+from course_lib.models.pretrain import recall_at_k, train_clip
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +169,24 @@ def test_committed_checkpoint_matches_recorded_sha256():
     bb = load_backbone("sonoclip-tiny", device="cpu")
     assert bb.pretrained == "sonosynth"
     assert B.SONOCLIP_TINY_FILE.stat().st_size <= 20 * 2**20
+
+
+def test_committed_checkpoint_weights_unchanged_by_resave():
+    """The committed file was re-saved in the checksummed format (checkpoints.save_state) without
+    retraining: its tensors are bit-identical to the original checkpoint (file SHA-256 dde308e8...),
+    whose tensor digest was a8b62e13... (computed from that file with safetensors.load_file)."""
+    from course_lib import checkpoints
+
+    tensors, meta = checkpoints.load_state(B.SONOCLIP_TINY_FILE, expected_sha256=B.SONOCLIP_TINY_SHA256)
+    assert B.state_digest(tensors) == B.SONOCLIP_TINY_WEIGHTS_SHA256
+    assert B.SONOCLIP_TINY_WEIGHTS_SHA256 == "a8b62e133b3484101719e884d6caa919bec41fe3855420a31bb2e5a7c6268db2"
+    assert all(t.dtype == torch.float16 for t in tensors.values())
+    assert meta["config"] == B.SONOCLIP_TINY_CFG and "dde308e8" in meta["resaved"]
+
+
+def test_explicit_missing_checkpoint_path_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_backbone("sonoclip-tiny", pretrained=str(tmp_path / "nope.safetensors"), device="cpu", verbose=False)
 
 
 def test_tampered_committed_checkpoint_raises(monkeypatch):

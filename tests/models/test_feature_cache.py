@@ -60,6 +60,25 @@ def test_corrupt_file_is_recomputed(tmp_path):
     assert torch.equal(out, torch.ones(1)) and cache.invalidated == 1
 
 
+def test_entries_are_checksummed_safetensors_not_pickles(tmp_path):
+    """Entries are written with checkpoints.save_state: a flipped payload byte is refused on load
+    (payload checksum) and the features are recomputed, never unpickled."""
+    from course_lib import checkpoints
+
+    cache = FeatureCache(tmp_path)
+    key = FeatureKey("bb", "d", "s", 2, 0)
+    cache.get_or_compute(key, lambda: torch.full((2, 3), 2.0))
+    p = cache.path(key)
+    assert p.suffix == ".safetensors"
+    tensors, meta = checkpoints.load_state(p)
+    assert torch.equal(tensors["features"], torch.full((2, 3), 2.0)) and meta["key"]["dataset"] == "d"
+    raw = bytearray(p.read_bytes())
+    raw[-1] ^= 0xFF  # flip a bit of the last feature value
+    p.write_bytes(bytes(raw))
+    out = cache.get_or_compute(key, lambda: torch.full((2, 3), 5.0))
+    assert torch.equal(out, torch.full((2, 3), 5.0)) and cache.invalidated == 1
+
+
 def test_cached_image_features_end_to_end(tmp_path, bb):
     cache = FeatureCache(tmp_path)
     imgs = np.random.default_rng(0).random((5, 64, 64), dtype=np.float32)

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from course_lib import runtime
-from course_lib.methods.few_shot import check_features, check_text_weights
+from course_lib.methods.clip_fewshot.checks import check_features, check_text_weights
 
 runtime.register_section(
     "clip_adapter",
@@ -57,6 +57,7 @@ class CLIPAdapter(nn.Module):
             nn.Linear(D, hidden, bias=False), nn.ReLU(inplace=True), nn.Linear(hidden, D, bias=False), nn.ReLU(inplace=True)
         )
 
+    # region: clip-adapter-forward
     def adapted(self, x) -> torch.Tensor:
         f = F.normalize(check_features(x, "features", self.text.shape[1]), dim=-1).to(self.text.device)
         return self.ratio * self.adapter(f) + (1.0 - self.ratio) * f
@@ -64,3 +65,4 @@ class CLIPAdapter(nn.Module):
     def forward(self, x) -> torch.Tensor:
         f = F.normalize(self.adapted(x), dim=-1)
         return self.logit_scale * f @ self.text.t()
+    # endregion

@@ -34,7 +34,6 @@ features gives exactly the same gradients at a fraction of the cost.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import torch
@@ -42,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from course_lib import runtime
-from course_lib.train import optimizer_step
+from course_lib import train
 
 runtime.register_section(
     "coop",
@@ -59,14 +58,8 @@ __all__ = [
     "CoCoOp",
     "train_prompt_learner",
     "nearest_tokens",
-    "count_trainable",
     "is_supported",
 ]
-
-
-def count_trainable(module: nn.Module) -> int:
-    """Number of scalar parameters with ``requires_grad``."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 # --------------------------------------------------------------------------- text tower access
@@ -126,6 +119,7 @@ class TextTower:
         """Word embeddings ``(N, L, width)`` of token ids (no positional embedding)."""
         return self.token_embedding(tokens)
 
+    # region: coop-encode-embeddings
     def encode_embeddings(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Run the frozen text encoder on word embeddings ``x`` (N, L, width); ``tokens`` only
         tell where the end-of-text token is. Returns un-normalised text features (N, D).
@@ -146,6 +140,7 @@ class TextTower:
         if proj is not None:
             x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
         return x
+        # endregion
 
 
 def is_supported(clip_model) -> bool:
@@ -260,6 +255,7 @@ class PromptLearner(nn.Module):
     def n_classes(self) -> int:
         return len(self.classnames)
 
+    # region: coop-prompt-embeddings
     def prompt_embeddings(self, ctx_shift: torch.Tensor | None = None) -> torch.Tensor:
         """Full prompt embeddings. Without ``ctx_shift``: ``(K, L, width)``; with a CoCoOp shift
         ``pi`` of shape ``(B, width)``: ``(B, K, L, width)`` (Eq. 4 of CoCoOp)."""
@@ -284,6 +280,7 @@ class PromptLearner(nn.Module):
             else:  # front
                 rows.append(torch.cat([pre, name, c, rest], dim=-2))
         return torch.cat(rows, dim=-3)
+    # endregion
 
 
 # --------------------------------------------------------------------------- CoOp
@@ -369,6 +366,7 @@ def _check_features(f: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- training
+# region: coop-train
 def train_prompt_learner(
     model: CoOp,
     features: torch.Tensor,
@@ -382,13 +380,13 @@ def train_prompt_learner(
     eval_fn: Callable[[CoOp], float] | None = None,
     eval_every: int = 0,
 ) -> dict:
-    """Train the context (and Meta-Net) with cross-entropy, SGD (momentum 0.9) and a cosine
-    schedule, as in CoOp Sec. 4.1 (lr 0.002). Works on cached image features.
+    """Train the context (and Meta-Net) with cross-entropy, SGD (momentum 0.9, no weight decay) and
+    a per-step cosine schedule to zero, as in CoOp Sec. 4.1 (lr 0.002), through
+    :func:`course_lib.train.fit`. Works on cached image features: every step draws a seeded random
+    mini-batch of ``batch_size`` support samples.
 
     Returns ``{"loss": [...], "eval": [(step, value), ...]}``.
     """
-    from tqdm.auto import tqdm
-
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}; pass e.g. steps=P.section('coop').steps")
     labels = torch.as_tensor(labels, dtype=torch.long)
@@ -401,26 +399,29 @@ def train_prompt_learner(
         raise ValueError(f"labels must lie in 0..{model.prompt.n_classes - 1}, got {labels.unique().tolist()}")
     device = model.prompt.ctx.device
     features, labels = features.to(device), labels.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    scaler = runtime.grad_scaler(device)
     g = torch.Generator().manual_seed(seed)
-    hist: dict = {"loss": [], "eval": []}
-    model.train()
-    for step in tqdm(range(steps), desc="CoOp", disable=not progress, leave=False):
+    evals: list = []
+
+    def batch(step):
         idx = torch.randperm(len(labels), generator=g)[:batch_size].to(device)
-        with runtime.autocast(device):
-            loss = F.cross_entropy(model(features[idx]), labels[idx])
-        optimizer_step(loss, opt, scaler, sched)
-        hist["loss"].append(float(loss.detach()))
+        return features[idx], labels[idx]
+
+    def forward(m, fy):
+        return F.cross_entropy(m(fy[0]), fy[1])
+
+    def after_step(step, m, opt):
         if eval_fn is not None and eval_every and ((step + 1) % eval_every == 0 or step == steps - 1):
-            model.eval()
+            m.eval()
             with torch.no_grad():
-                hist["eval"].append((step + 1, float(eval_fn(model))))
-            model.train()
+                evals.append((step + 1, float(eval_fn(m))))
+            m.train()
+
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9)
+    hist = train.fit(model, batch, steps=steps, optimizer=opt, scheduler="cosine", forward=forward,
+                     after_step=after_step, progress=progress, desc="CoOp")
     model.eval()
-    return hist
+    return {"loss": hist["step_loss"], "eval": evals}
+# endregion
 
 
 @torch.no_grad()

@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from course_lib.methods.few_shot import check_features, check_support, check_text_weights, single_thread
+from course_lib.methods.clip_fewshot.checks import check_features, check_support, check_text_weights, single_thread
 
 __all__ = ["LinearProbe", "TextInitProbe", "ClapProbe"]
 
@@ -130,9 +130,11 @@ class TextInitProbe(nn.Module):
         self.W = nn.Parameter(torch.zeros(K, D))
         self.alpha = nn.Parameter(torch.ones(K))
 
+    # region: lpp-logits
     def forward(self, x) -> torch.Tensor:
         f = F.normalize(check_features(x, "features", self.text.shape[1]), dim=-1).to(self.W.device)
         return f @ (self.W + self.alpha[:, None] * self.text).t()
+    # endregion
 
     @torch.no_grad()
     def init_from_support(self, x, y) -> None:

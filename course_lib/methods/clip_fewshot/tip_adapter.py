@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from course_lib.methods.few_shot import check_features, check_support, check_text_weights
+from course_lib.methods.clip_fewshot.checks import check_features, check_support, check_text_weights
 
 __all__ = ["TipAdapter"]
 
@@ -78,6 +78,7 @@ class TipAdapter(nn.Module):
     def zero_shot(self, x) -> torch.Tensor:
         return self.logit_scale * self._f(x) @ self.text.t()
 
+    # region: tip-adapter-logits
     def affinity(self, x, beta: float | None = None) -> torch.Tensor:
         """``A = exp(-beta (1 - f F_train^T))``, shape ``(B, NK)``."""
         beta = self.beta if beta is None else beta
@@ -91,6 +92,7 @@ class TipAdapter(nn.Module):
         alpha = self.alpha if alpha is None else alpha
         self._check_ab(alpha, self.beta if beta is None else beta)
         return self.zero_shot(x) + alpha * self.cache_logits(x, beta)
+    # endregion
 
     @torch.no_grad()
     def search_hparams(self, x, y, alphas, betas, leave_one_out: bool = False) -> tuple[float, float]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from course_lib.methods.few_shot import check_features, check_support, check_text_weights
+from course_lib.methods.clip_fewshot.checks import check_features, check_support, check_text_weights
 
 __all__ = ["transclip", "knn_affinity"]
 
@@ -111,6 +111,7 @@ def transclip(
         _, var = m_step(z)
     else:
         mu, var = m_step(z)
+    # region: transclip-updates
     for _ in range(iters):
         # Gaussian log-likelihood with shared diagonal covariance, per dimension
         logp = -0.5 * (((fq[:, None, :] - mu[None]) ** 2) / var).sum(-1)
@@ -118,4 +119,5 @@ def transclip(
         for _ in range(z_iters):
             z = (lam * log_yhat + logp + Wq @ z).softmax(-1)
         mu, var = m_step(z)
+    # endregion
     return (z, y_hat) if return_init else z

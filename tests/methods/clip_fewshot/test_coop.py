@@ -4,15 +4,15 @@ import pytest
 import torch
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
-from course_lib.methods.coop import (
+from course_lib.methods.clip_fewshot.coop import (
     CoCoOp,
     CoOp,
     PromptLearner,
-    count_trainable,
     nearest_tokens,
     train_prompt_learner,
 )
-from course_lib.methods.few_shot import single_thread
+from course_lib.methods.clip_fewshot.checks import single_thread
+from course_lib.train import count_parameters
 
 CLASSES = ["benign", "malignant lesion"]
 _TOK = open_clip.get_tokenizer("ViT-B-16")
@@ -72,14 +72,14 @@ def test_positions_match_the_corresponding_hand_prompt(tiny, position, template)
 def test_exact_trainable_counts(tiny):
     n_before = sum(p.numel() for p in tiny.parameters())
     unified = CoOp(tiny, tok32, CLASSES, ctx_init=None, n_ctx=4)
-    assert count_trainable(unified) == 4 * 32
+    assert count_parameters(unified, trainable=True) == 4 * 32
     csc = CoOp(tiny, tok32, CLASSES, ctx_init=None, n_ctx=4, class_specific=True)
-    assert count_trainable(csc) == 2 * 4 * 32
+    assert count_parameters(csc, trainable=True) == 2 * 4 * 32
     init = CoOp(tiny, tok32, CLASSES, ctx_init="a photo of a")
-    assert init.prompt.n_ctx == 4 and count_trainable(init) == 4 * 32
+    assert init.prompt.n_ctx == 4 and count_parameters(init, trainable=True) == 4 * 32
     co = CoCoOp(tiny, tok32, CLASSES, ctx_init=None, n_ctx=2)
     hidden = 24 // 16
-    assert count_trainable(co) == 2 * 32 + (24 * hidden + hidden) + (hidden * 32 + 32)
+    assert count_parameters(co, trainable=True) == 2 * 32 + (24 * hidden + hidden) + (hidden * 32 + 32)
     assert all(not p.requires_grad for p in tiny.parameters())
     assert sum(p.numel() for p in tiny.parameters()) == n_before
 
@@ -96,6 +96,35 @@ def test_training_moves_only_context(tiny):
     assert not torch.equal(coop.prompt.ctx.detach(), ctx0)
     for k, v in tiny.state_dict().items():
         assert torch.equal(v, frozen[k]), k
+
+
+def test_train_prompt_learner_reproduces_the_reference_loop(tiny):
+    """The CoOp trainer goes through train.fit; the maths must equal the plain loop it replaced:
+    SGD(momentum 0.9, no decay), per-step cosine to 0, a seeded random batch per step."""
+    import math
+
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    a = CoOp(tiny, tok32, CLASSES, ctx_init=None, n_ctx=2)
+    b = CoOp(tiny, tok32, CLASSES, ctx_init=None, n_ctx=2)
+    f = torch.randn(10, 24)
+    y = (f[:, 0] > 0).long()
+    hist = train_prompt_learner(a, f, y, steps=6, lr=0.05, batch_size=4, seed=3)
+    opt = torch.optim.SGD([b.prompt.ctx], lr=0.05, momentum=0.9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / 6)))
+    g = torch.Generator().manual_seed(3)
+    ref = []
+    for _ in range(6):
+        idx = torch.randperm(10, generator=g)[:4]
+        loss = F.cross_entropy(b(f[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        ref.append(float(loss.detach()))
+    assert hist["loss"] == pytest.approx(ref, abs=1e-6)
+    assert torch.allclose(a.prompt.ctx, b.prompt.ctx, atol=1e-6)
 
 
 def test_cocoop_shapes_and_zero_meta_net_is_coop(tiny):
@@ -140,7 +169,7 @@ def test_clear_errors(tiny):
 def test_attaches_to_real_vit_b16_text_tower():
     model = open_clip.create_model("ViT-B-16", pretrained=None).eval()
     coop = CoOp(model, _TOK, CLASSES, ctx_init="a photo of a")
-    assert count_trainable(coop) == 4 * 512
+    assert count_parameters(coop, trainable=True) == 4 * 512
     with torch.no_grad():
         t = coop.text_features()
         ref = model.encode_text(_TOK([f"a photo of a {c}." for c in CLASSES]), normalize=True)
@@ -150,7 +179,7 @@ def test_attaches_to_real_vit_b16_text_tower():
 
 
 def test_is_supported(tiny):
-    from course_lib.methods.coop import is_supported
+    from course_lib.methods.clip_fewshot.coop import is_supported
 
     assert is_supported(tiny)
     assert not is_supported(torch.nn.Linear(2, 2))

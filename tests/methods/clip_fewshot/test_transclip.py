@@ -3,8 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.methods.few_shot import single_thread, zero_shot_logits
-from course_lib.methods.transclip import knn_affinity, transclip
+from course_lib.methods.clip_fewshot.checks import single_thread
+from course_lib.methods.clip_fewshot.zero_shot_head import zero_shot_logits
+from course_lib.methods.clip_fewshot.transclip import knn_affinity, transclip
 
 D, K = 16, 3
 
