@@ -105,6 +105,7 @@ class RunResult:
     cells: list[CellRecord] = field(default_factory=list)
     max_lag: float = 0.0  # worst delivery lag over every shell/IOPub message (s)
     late: int = 0  # messages delivered more than LATE_AFTER s after the kernel sent them
+    rescued: int = 0  # missed wake-ups caught by the sliced polls (each cost at most POLL_SLICE s)
     probe: dict | None = None  # last report of PROBE_CODE (execute(probe=True)), if any
     nb: object = None
 
@@ -137,6 +138,7 @@ class CourseClient(NotebookClient):
         super().__init__(*args, **kwargs)
         self.max_lag = 0.0
         self.late = 0
+        self.rescued = 0  # messages found only when a poll slice timed out (missed wake-ups, caught)
 
     async def async_start_new_kernel_client(self):
         kc = await super().async_start_new_kernel_client()
@@ -154,15 +156,21 @@ class CourseClient(NotebookClient):
                 left = None if deadline is None else deadline - time.monotonic()
                 step = left if not client.sliced else (
                     client.poll_slice if left is None else max(0.0, min(client.poll_slice, left)))
+                t_poll = time.monotonic()
                 try:
                     msg = await original(timeout=step)
                 except Empty:
                     if not client.sliced or (left is not None and left <= client.poll_slice):
                         raise
                     continue
+                waited = time.monotonic() - t_poll
                 lag = _lag(msg)
                 client.max_lag = max(client.max_lag, lag)
                 client.late += lag > LATE_AFTER
+                if step >= 0.2 and waited >= 0.95 * step and lag >= 0.25:
+                    # the poll saw the message only when its timeout fired, though it had arrived a while
+                    # before: a missed wake-up that the slicing caught
+                    client.rescued += 1
                 return msg
 
         channel.get_msg = get_msg
@@ -271,7 +279,6 @@ def execute(
     client.extra_arguments = extra_args
 
     kernel_env = dict(os.environ)
-    kernel_env.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
     kernel_env.update(env or {})
     if probe_file is not None:
         kernel_env["COURSE_PROBE_FILE"] = str(probe_file)
@@ -327,7 +334,7 @@ def execute(
     atexit.unregister(client._cleanup_kernel)  # nbclient's own exit hook; the kernel is already gone
     if socket_dir:
         shutil.rmtree(socket_dir, ignore_errors=True)
-    res.cells, res.max_lag, res.late = cells, client.max_lag, client.late
+    res.cells, res.max_lag, res.late, res.rescued = cells, client.max_lag, client.late, client.rescued
     if probe_dir is not None:
         try:
             res.probe = json.loads(probe_file.read_text())

@@ -105,12 +105,14 @@ def main(argv: list[str] | None = None) -> int:
             slow = res.slowest_cell
             row = dict(round=r, notebook=path.name, seconds=round(res.seconds, 2), ok=res.ok, kind=res.kind,
                        stalled=stalled, max_lag=round(res.max_lag, 3), late_messages=res.late,
+                       missed_wakeups_caught=res.rescued,
                        slowest_cell=slow.index if slow else None,
                        slowest_cell_s=round(slow.seconds, 2) if slow else None)
             rows.append(row)
             print(f"[{r:>3}/{rounds}] {path.name:<40} {res.seconds:7.1f} s  "
                   f"{'ok' if res.ok else 'FAILED ' + res.kind:<8}  slowest cell "
                   f"{row['slowest_cell']} {row['slowest_cell_s']} s  worst lag {res.max_lag:.2f} s"
+                  + (f"  missed wake-ups caught: {res.rescued}" if res.rescued else "")
                   + ("  << STALL" if stalled else ""), flush=True)
             if not res.ok:
                 print("    " + res.error.replace("\n", "\n    ")[:1500], flush=True)
@@ -125,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     unit = "course runs" if args.course else "runs"
     if secs:
         print(f"seconds per notebook run: median {statistics.median(secs):.1f}, max {max(secs):.1f}")
-    print(f"total {time.perf_counter() - t_all:.0f} s; failed (not stalls): {failures}")
+    print(f"total {time.perf_counter() - t_all:.0f} s; failed (not stalls): {failures}; "
+          f"missed wake-ups caught by the sliced polls: {sum(row['missed_wakeups_caught'] for row in rows)}")
     print(f"stalls: {stalls} of {rounds} {unit}")
     print(f"stall-free: {rounds - stalls}/{rounds}")
     if args.json:
