@@ -8,6 +8,7 @@ import numpy as np
 from .geometry import _col, _ell, _Painter
 from .rng import Abdomen, Breast, Col, Node, Thyroid
 
+
 def _scene_breast(maps, U, V, P, T1, T2, H):
     c = lambda k, lo=0.0, hi=1.0: _col(P, k, lo, hi)
     pi2 = np.float32(2 * np.pi)

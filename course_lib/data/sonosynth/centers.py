@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+
 @dataclass(frozen=True)
 class CenterSettings:
     """Acquisition settings of one simulated center/scanner (the source of domain shift).

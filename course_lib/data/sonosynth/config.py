@@ -12,6 +12,7 @@ from .centers import CENTERS
 from .report import CONCEPTS, DEFAULT_CONCEPT_FREQ
 from .world import ANATOMIES, PROBES
 
+
 def _check_choice(kind: str, given, valid: tuple) -> tuple:
     if given is None:
         return valid

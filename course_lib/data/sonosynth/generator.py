@@ -175,6 +175,7 @@ def _single_thread_blas(size: int):
 # ---- counter-based random numbers: word (i, slot) = SplitMix64(key + (i * 2**32 + slot) * golden)
 # (Steele, Lea & Flood 2014, "Fast splittable pseudorandom number generators", OOPSLA). Every
 
+
 def _generate_chunk(cfg: _Config, start: int, n: int) -> dict:
     S = cfg.image_size
     freq = dict(cfg.freq)

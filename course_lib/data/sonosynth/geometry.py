@@ -10,6 +10,7 @@ import numpy as np
 
 from .world import _SECTOR_APEX, _SECTOR_HALF, _SID
 
+
 @lru_cache(maxsize=16)
 def _probe_geometry(probe: str, size: int):
     """Beam-space sample positions (U lateral, V depth; image depth = 1) and scan conversion."""
@@ -116,7 +117,6 @@ class _Painter:
 
 def _col(P, k, lo=0.0, hi=1.0):
     return (lo + (hi - lo) * P[:, k]).astype(np.float32)[:, None, None]
-
 
 
 def _cart_to_beam_f(probe: str, size: int, u, v):

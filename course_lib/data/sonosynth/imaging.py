@@ -11,6 +11,7 @@ import numpy as np
 from .centers import CenterSettings
 from .geometry import _gauss_kernel
 
+
 @lru_cache(maxsize=64)
 def _reverb_profile(size: int, spacing: float, width: float) -> np.ndarray:
     z = (np.arange(size) + 0.5) / size

@@ -39,6 +39,7 @@ DEFAULT_CONCEPT_FREQ = {
     "impression": 0.8,
 }
 
+
 class Chooser:
     """Tiny deterministic random source over a fixed list of uniforms (faster than ``random.Random``
     for the few dozen choices a report needs; wraps around if the list runs out)."""

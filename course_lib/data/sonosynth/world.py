@@ -50,6 +50,7 @@ ANATOMY_INFO = {
 }
 
 
+#: first sample index of each split (disjoint index ranges; make_dataset uses them)
 SPLIT_OFFSETS = {"train": 0, "val": 100_000_000, "test": 200_000_000}
 _SPLIT_ALIASES = {"validation": "val", "valid": "val"}
 
