@@ -1,5 +1,5 @@
 """Bring your own data: a folder of images and a folder of masks with matching names, as course samples.
-Used by notebook 09 (external validation on a folder of your own) and by anyone testing on their data.
+For a learner's own data and for external validation (train on one dataset, score on a folder); meant for notebook 09.
 
 Quick use::
 
