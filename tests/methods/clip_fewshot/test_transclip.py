@@ -1,4 +1,5 @@
-"""TransCLIP-style transduction: valid distributions, beats inductive on a separable mixture."""
+"""TransCLIP transduction: valid distributions, beats inductive on a separable mixture, and (issue 12) on real
+sonoclip-tiny features the text-KL weight changes predictions, support sets weigh as a whole, means on the sphere."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -54,8 +55,70 @@ def test_beats_inductive_on_separable_mixture():
 
 def test_large_lambda_stays_at_zero_shot():
     x, y, t = mixture()
-    z, y_hat = transclip(x, t, logit_scale=20.0, lam=1e4, ll_weight=0.0, n_neighbors=1, return_init=True)
+    z, y_hat = transclip(x, t, logit_scale=20.0, lam=1e4, temperature=1e12, n_neighbors=1, return_init=True)
     assert torch.equal(z.argmax(1), y_hat.argmax(1))
+
+
+# --------------------------------------------------------------------------- issue 12: real features
+@pytest.fixture(scope="module")
+def sonosynth_features():
+    """Real sonoclip-tiny features of 192 SonoSynth breast + thyroid lesions (test split) and the
+    ensemble text weights: the setting where the old z-update clustered by anatomy and ignored lambda."""
+    from course_lib.data import sonosynth as ss
+    from course_lib.methods.clip_fewshot.zero_shot_head import text_weights
+    from course_lib.models import load_backbone
+    from course_lib.models.zero_shot import encode_images
+
+    bb = load_backbone("sonoclip-tiny", device="cpu", verbose=False)
+    b = ss.generate_batch(192, start=ss.SPLIT_OFFSETS["test"], seed=0, image_size=bb.image_size,
+                          anatomies=("breast", "thyroid"))
+    x = encode_images(bb, b["image"])
+    anatomy = torch.tensor([a == "breast" for a in b["anatomy"]]).long()
+    return x, torch.as_tensor(b["label"]), anatomy, text_weights(bb, "ensemble"), float(bb.model.logit_scale.detach().exp())
+
+
+def test_lambda_changes_predictions_on_real_features(sonosynth_features):
+    """Old code: lambda = 0 and lambda = 1 gave identical predictions (the raw log-likelihood swamped
+    the text term). With the likelihood temperature the text-KL weight matters."""
+    x, _, _, t, scale = sonosynth_features
+    p0 = transclip(x, t, logit_scale=scale, lam=0.0).argmax(1)
+    p1 = transclip(x, t, logit_scale=scale, lam=1.0).argmax(1)
+    assert (p0 != p1).float().mean() >= 0.05
+
+
+def test_text_kl_pulls_clusters_toward_zero_shot_classes(sonosynth_features):
+    """Without the text term the clusters follow the anatomy (breast vs thyroid); the text-KL term pulls
+    them toward the zero-shot classes: agreement with zero-shot grows and agreement with anatomy falls."""
+    x, _, anatomy, t, scale = sonosynth_features
+    zs = zero_shot_logits(x, t, scale).argmax(1)
+
+    def agree(a, b):
+        m = (a == b).float().mean()
+        return float(torch.maximum(m, 1 - m))  # cluster labels are only defined up to a swap
+
+    p0 = transclip(x, t, logit_scale=scale, lam=0.0).argmax(1)
+    p3 = transclip(x, t, logit_scale=scale, lam=3.0).argmax(1)
+    assert agree(p0, anatomy) > 0.9
+    assert float((p3 == zs).float().mean()) > float((p0 == zs).float().mean()) + 0.1
+    assert agree(p3, anatomy) < agree(p0, anatomy) - 0.1
+
+
+def test_support_set_is_weighted_as_a_whole():
+    """Each set's likelihood term is normalised by its size: repeating the support set (same shots,
+    twice) changes nothing. The old code counted each shot as one query sample."""
+    x, y, t = mixture(noisy_text=2.0)
+    idx = torch.tensor([0, 1, 60, 61, 120, 121])
+    a = transclip(x, t, support=x[idx], support_labels=y[idx], logit_scale=20.0, return_state=True)
+    b = transclip(x, t, support=x[idx.repeat(5)], support_labels=y[idx.repeat(5)], logit_scale=20.0, return_state=True)
+    for k in ("z", "mu", "var"):
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+def test_class_means_are_renormalised_to_the_sphere():
+    x, y, t = mixture()
+    st = transclip(x, t, logit_scale=20.0, return_state=True)
+    assert torch.allclose(st["mu"].norm(dim=-1), torch.ones(K), atol=1e-5)
+    assert (st["var"] > 0).all() and st["var"].shape == (D,)
 
 
 def test_affinity_is_symmetric_nonnegative_knn():
@@ -71,6 +134,8 @@ def test_errors():
         transclip(x, t, support=x[:3])
     with pytest.raises(ValueError, match="lam"):
         transclip(x, t, lam=-1.0)
+    with pytest.raises(ValueError, match="temperature"):
+        transclip(x, t, temperature=0.0)
     with pytest.raises(ValueError, match="same backbone"):
         transclip(torch.randn(5, D + 2), t)
     with pytest.raises(ValueError, match="2-D"):
