@@ -246,3 +246,138 @@ def parameter_growth(runner: Runner, max_tasks: int, image_size: int | None = No
                          total=train.count_parameters(m) + protos, trainable=train.count_parameters(m, True),
                          gflops=fc.get_total_flops() / 1e9))
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- the paper's numbers (for side-by-side tables)
+#: Table 1 (task, modality, #train, #val)
+PAPER_TABLE1 = [("Wet AMD", "OCT", 2346, 703), ("Brain tumor", "MR-T1", 2298, 766),
+                ("Adenocarcinoma", "pathology", 636, 159), ("Thyroid nodule", "ultrasound", 966, 276),
+                ("Colon polyp", "endoscopy", 1450, 798), ("Lung infection", "CT", 894, 385),
+                ("Breast lesion", "ultrasound", 486, 161), ("Skin lesion", "dermoscopy", 1886, 808)]
+#: Tables 2-4, average over the 8 tasks: variant id -> (Dice %, mIoU %)
+PAPER_AVERAGE = {"A1": (78.69, 78.02), "A2": (80.08, 79.32), "A3": (85.54, 84.85), "A4": (86.63, 86.44),
+                 "A5": (86.41, 86.18), "B1": (85.48, 84.94), "B2": (85.49, 84.83), "B3": (85.30, 85.01),
+                 "B4": (86.40, 86.14), "C1": (86.28, 86.01), "C2": (86.37, 86.13), "C3": (86.45, 86.21),
+                 "C4": (86.22, 85.96), "C5": (86.24, 86.00), "T4-1": (86.16, 85.77), "T4-2": (86.21, 85.80),
+                 "T4-3": (86.41, 86.13)}
+#: Table 5 (parameters in M, FLOPs in G) and the thresholds quoted for Figs. 7-8
+PAPER_TABLE5 = dict(tca_params_m=3.37, tca_growth_per_task_m=3.37, tca_growth_percent=1.27, decoder_params_m=12.03,
+                    model_1_task_m=264.84, model_8_tasks_m=288.46, gflops_1_task=254.00, gflops_8_tasks=254.23)
+PAPER_PROTOTYPES = dict(max_cross_task_similarity=0.9, related_task_similarity=0.3, min_fg_bg_separation=0.85)
+
+
+# --------------------------------------------------------------------------- figures
+def plot_architecture():
+    """A schematic of TP-Seg (matplotlib): the TCA before a frozen block with its split gate, and one PGTD module."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
+
+    def box(ax, x, y, w, h, text, color):
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02", fc=color, ec="k", lw=1))
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=9)
+
+    def arrow(ax, a, b):
+        ax.add_patch(FancyArrowPatch(a, b, arrowstyle="-|>", mutation_scale=12, lw=1.2))
+
+    ax = axes[0]
+    box(ax, 0.02, 0.42, 0.14, 0.16, "h (block input)", "#eeeeee")
+    box(ax, 0.25, 0.66, 0.24, 0.16, "shared router\nConv(GELU(Conv(GN h)))", "#cfe2f3")
+    box(ax, 0.25, 0.18, 0.24, 0.16, "task router t\nConv(GELU(Conv(GN h)))", "#f9cb9c")
+    box(ax, 0.57, 0.42, 0.16, 0.16, "h + (1-g) dh_s\n+ g dh_t", "#d9ead3")
+    box(ax, 0.80, 0.42, 0.18, 0.16, "frozen block b\n(SAM 2 / ViT)", "#dddddd")
+    for a, b in [((0.16, 0.5), (0.25, 0.74)), ((0.16, 0.5), (0.25, 0.26)), ((0.49, 0.74), (0.57, 0.54)),
+                 ((0.49, 0.26), (0.57, 0.46)), ((0.73, 0.5), (0.80, 0.5))]:
+        arrow(ax, a, b)
+    ins = ax.inset_axes([0.55, 0.02, 0.42, 0.3])
+    b = np.arange(1, 13)
+    for tem, ls in ((1.0, "--"), (0.3, "-")):
+        ins.plot(b, 1 / (1 + np.exp(-(b - 6.5) / tem)), ls, label=f"tem={tem}")
+    ins.set_title("g_t(b): cumulative sigmoid", fontsize=8)
+    ins.tick_params(labelsize=7)
+    ins.legend(fontsize=7)
+    ax.set_title("Task-conditioned adapter (TCA, eqs. 1-3)")
+    ax.axis("off")
+    ax = axes[1]
+    box(ax, 0.0, 0.70, 0.17, 0.14, "f_low, f_high", "#eeeeee")
+    box(ax, 0.22, 0.70, 0.17, 0.14, "fuse (eq. 4)", "#d9ead3")
+    box(ax, 0.0, 0.30, 0.17, 0.14, "task t: P_fg, P_bg\n(MLP, eq. 5; EMA)", "#f9cb9c")
+    box(ax, 0.22, 0.30, 0.17, 0.14, "cross-attn (6)\nZ = MLP (7)", "#cfe2f3")
+    box(ax, 0.45, 0.70, 0.2, 0.14, "S = sig(cos fg - cos bg)\nf' = f(1+aS) (8-9)", "#fff2cc")
+    box(ax, 0.45, 0.30, 0.2, 0.14, "M experts, w(Z)\ny = sum w_m W_m*f' (10)", "#cfe2f3")
+    box(ax, 0.72, 0.50, 0.26, 0.14, "Head(y) + l_p rho tanh(s/temp)\n(eq. 11)", "#d9ead3")
+    box(ax, 0.72, 0.12, 0.26, 0.12, "training: EMA of masked\nmean features (eqs. 12-13)", "#f4cccc")
+    for a, b in [((0.17, 0.77), (0.22, 0.77)), ((0.39, 0.77), (0.45, 0.77)), ((0.17, 0.37), (0.22, 0.37)),
+                 ((0.39, 0.37), (0.45, 0.37)), ((0.55, 0.70), (0.55, 0.44)), ((0.65, 0.37), (0.72, 0.55)),
+                 ((0.65, 0.77), (0.72, 0.60)), ((0.85, 0.24), (0.09, 0.30))]:
+        arrow(ax, a, b)
+    ax.set_title("Prototype-guided task decoder module (PGTD, eqs. 4-13)")
+    ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_gates(model, title: str = "learned split gate per task (final temperature)"):
+    """Routing weight g_t(b) per block for every task, with the split depth b_t marked."""
+    import matplotlib.pyplot as plt
+
+    enc = model.encoder
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    b = np.arange(1, enc.n_blocks + 1)
+    for t, name in enumerate(model.task_names):
+        with torch.no_grad():
+            g = enc.gates(t).cpu().numpy()
+        ax.plot(b, g, "o-", label=f"{name} (b_t={enc.gate.split_depth(t)})", alpha=0.8)
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("encoder block b")
+    ax.set_ylabel("g_t(b) (0 = shared, 1 = task route)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_prototypes(sim: dict, sep: dict, dice: dict, names):
+    """Fig. 7 analogue (FG prototype cosine similarity across tasks, per PGTD module) and Fig. 8 analogue
+    (FG-BG separation per task vs Dice)."""
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in ("PGTD1", "PGTD2", "PGTD3") if k in sim]
+    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4.2 * (len(keys) + 1), 3.8))
+    for ax, k in zip(axes, keys):
+        im = ax.imshow(sim[k], vmin=-1, vmax=1, cmap="coolwarm")
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, f"{sim[k][i, j]:.2f}", ha="center", va="center", fontsize=6)
+        ax.set_title(f"{k}: cos(P_fg^i, P_fg^j)")
+    fig.colorbar(im, ax=axes[:len(keys)].tolist(), shrink=0.7)
+    ax = axes[-1]
+    for k in keys:
+        ax.scatter(sep[k], [dice[n] for n in names], label=k)
+    ax.set_xlabel("FG-BG separation 1 - cos(P_fg, P_bg)")
+    ax.set_ylabel("Dice (%)")
+    ax.set_title("separation vs Dice (Fig. 8 analogue)")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def plot_per_task(rows: dict, tasks, metric: str = "dice", title: str = ""):
+    """Grouped bars (mean ± sd over seeds) per task for several methods (``rows`` from :func:`mean_sd`)."""
+    import matplotlib.pyplot as plt
+
+    k = 0 if metric == "dice" else 2
+    cols = [t.short for t in tasks] + ["Average"]
+    fig, ax = plt.subplots(figsize=(11, 3.6))
+    w = 0.8 / len(rows)
+    for i, (name, ms) in enumerate(rows.items()):
+        ax.bar(np.arange(len(cols)) + i * w, [ms[c][k] for c in cols], w, yerr=[ms[c][k + 1] for c in cols],
+               label=name, capsize=2)
+    ax.set_xticks(np.arange(len(cols)) + 0.4 - w / 2, cols, fontsize=8)
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -28,10 +28,11 @@ runtime.register_section(
     "tpseg",
     quick=dict(image_size=64, hidden=4, width=16, heads=2, steps=30, ablation_steps=30, batch_size=4, lr=3e-3,
                seeds=3, ablation_seeds=1, n_train=(96, 64, 48, 32, 24, 16, 20), n_val=10, max_tasks=8,
-               encoder="sonoclip-tiny"),
-    full=dict(image_size=1024, hidden=32, width=128, heads=4, steps=6000, ablation_steps=6000, batch_size=8, lr=3e-4,
-              seeds=3, ablation_seeds=3, n_train=(2000, 1000, 600, 400, 486, 300, 20), n_val=150, max_tasks=16,
-              encoder="facebook/sam2.1-hiera-small"),
+               encoder="sonoclip-tiny", ablations=("A2", "A3", "B3", "B4", "C4", "T4-1")),
+    full=dict(image_size=512, hidden=32, width=128, heads=4, steps=6000, ablation_steps=6000, batch_size=8, lr=3e-5,
+              seeds=3, ablation_seeds=3, n_train=(1000, 600, 450, 300, 360, 300, 20), n_val=150, max_tasks=16,
+              encoder="facebook/sam2.1-hiera-small",
+              ablations=("A2", "A3", "B3", "B4", "C1", "C2", "C3", "C4", "C5", "T4-1", "T4-2", "T4-3")),
 )
 
 
