@@ -35,12 +35,12 @@ runtime.register_section(
     "few_shot",
     quick=dict(
         epochs=80, lr=5e-3, batch_size=32, lpp_steps=100, clap_steps=60, transclip_iters=10,
-        tip_alphas=(0.1, 0.5, 1.0, 2.0, 4.0), tip_betas=(1.0, 3.0, 5.5, 8.0),
+        tip_alphas=(0.0, 0.1, 0.5, 1.0, 2.0, 4.0), tip_betas=(1.0, 3.0, 5.5, 8.0),
         bench_epochs=5, bench_n=64,
     ),
     full=dict(
         epochs=300, lr=5e-3, batch_size=32, lpp_steps=300, clap_steps=300, transclip_iters=10,
-        tip_alphas=(0.1, 0.5, 1.0, 2.0, 4.0, 8.0), tip_betas=(1.0, 3.0, 5.5, 8.0, 12.0),
+        tip_alphas=(0.0, 0.1, 0.5, 1.0, 2.0, 4.0, 8.0), tip_betas=(1.0, 3.0, 5.5, 8.0, 12.0),
         bench_epochs=20, bench_n=512,
     ),
 )

@@ -17,9 +17,15 @@ Identities (tested): ``alpha = 0`` is exactly zero-shot; ``beta -> 0`` gives ``A
 cache adds the same constant ``N`` to every class logit and the probabilities equal
 zero-shot; with a large ``beta`` and ``alpha`` the cache recovers the support labels.
 
-Hyper-parameter search without a validation split (:meth:`TipAdapter.search_hparams` with
-``leave_one_out=True``): each support sample is scored by the cache *without its own key*, a
-choice of ours for the few-shot setting where the paper used the datasets' validation sets.
+Hyper-parameter search (:meth:`TipAdapter.search_hparams`). The paper searches ``alpha, beta`` on the
+datasets' validation sets. Without one we use leave-one-out on the support set (each support sample
+scored by the cache *without its own key*) -- but only when every class has >= 2 shots: with one shot
+per class, removing a sample's key removes the only key of its class, so the cache can only vote for
+a *wrong* class and the smallest ``alpha`` always wins (Tip-Adapter would equal zero-shot by
+construction). At one shot per class the paper's defaults ``alpha = 1, beta = 5.5`` are used instead
+(:attr:`TipAdapter.hparam_source` says which). A held-out validation set of the same size can be
+passed instead (``leave_one_out=False``). The grids should contain ``alpha = 0`` (zero-shot), so the
+search can decline the cache.
 """
 from __future__ import annotations
 
@@ -31,7 +37,10 @@ import torch.nn.functional as F
 
 from course_lib.methods.clip_fewshot.checks import check_features, check_support, check_text_weights
 
-__all__ = ["TipAdapter"]
+__all__ = ["TipAdapter", "PAPER_ALPHA", "PAPER_BETA"]
+
+#: the paper's defaults (Sec. 4.1, ImageNet), used when the support set cannot validate itself
+PAPER_ALPHA, PAPER_BETA = 1.0, 5.5
 
 
 class TipAdapter(nn.Module):
@@ -65,6 +74,7 @@ class TipAdapter(nn.Module):
         self.alpha, self.beta = float(alpha), float(beta)
         self.logit_scale = float(logit_scale)
         self.finetune = bool(finetune)
+        self.hparam_source = "given"
         self._check_ab(self.alpha, self.beta)
 
     @staticmethod
@@ -97,21 +107,28 @@ class TipAdapter(nn.Module):
     @torch.no_grad()
     def search_hparams(self, x, y, alphas, betas, leave_one_out: bool = False) -> tuple[float, float]:
         """Grid search of ``(alpha, beta)`` by accuracy on ``(x, y)`` (ties: the smaller cache
-        weight); sets and returns them. ``leave_one_out=True`` when ``x`` *is* the support set."""
+        weight, then the smaller beta); sets and returns them. ``leave_one_out=True`` when ``x`` *is*
+        the support set: valid only with >= 2 shots per class; at 1 shot the paper's defaults are
+        used (module docstring). :attr:`hparam_source` records what decided."""
         x, y = check_support(x, y)
         y = y.to(self.text.device)
+        if leave_one_out:
+            if len(x) != len(self.keys):
+                raise ValueError("leave_one_out=True needs x to be the support set itself (same rows as the cache keys)")
+            if int(torch.bincount(self.support_labels).min()) < 2:
+                self.alpha, self.beta, self.hparam_source = PAPER_ALPHA, PAPER_BETA, "paper defaults (1 shot)"
+                return self.alpha, self.beta
         zs = self.zero_shot(x)
         sims = self._f(x) @ self.keys.t()
         best = None
-        for a, b in itertools.product(alphas, betas):
+        for a, b in sorted(itertools.product(alphas, betas)):
             self._check_ab(a, b)
             A = torch.exp(-b * (1.0 - sims))
             if leave_one_out:
-                if A.shape[0] != A.shape[1]:
-                    raise ValueError("leave_one_out=True needs x to be the support set itself (same rows as the cache keys)")
                 A = A - torch.diag(torch.diagonal(A))
             acc = float(((zs + a * A @ self.values).argmax(1) == y).float().mean())
             if best is None or acc > best[0] + 1e-9:
                 best = (acc, a, b)
         _, self.alpha, self.beta = best
+        self.hparam_source = "leave-one-out on the support set" if leave_one_out else "validation set"
         return self.alpha, self.beta

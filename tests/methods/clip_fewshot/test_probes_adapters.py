@@ -229,3 +229,34 @@ def test_shared_input_errors():
         ClapProbe(t).fit(x, y, steps=0)
 
 
+
+
+def test_tip_search_at_one_shot_uses_paper_defaults_not_the_smallest_alpha():
+    """Issue 12: leave-one-out at 1 shot per class removes each sample's only same-class key, so the old
+    search always picked the smallest alpha (Tip == zero-shot by construction). Now: paper defaults."""
+    from course_lib.methods.clip_fewshot.tip_adapter import PAPER_ALPHA, PAPER_BETA
+
+    x, y, t = toy()
+    one = torch.tensor([0, 8, 16])  # one shot per class
+    tip = TipAdapter(t, x[one], y[one])
+    a, b = tip.search_hparams(x[one], y[one], alphas=(0.1, 1.0, 10.0), betas=(1.0, 5.5), leave_one_out=True)
+    assert (a, b) == (PAPER_ALPHA, PAPER_BETA) == (1.0, 5.5)
+    assert tip.hparam_source == "paper defaults (1 shot)"
+    two = torch.tensor([0, 1, 8, 9, 16, 17])
+    tip2 = TipAdapter(t, x[two], y[two])
+    tip2.search_hparams(x[two], y[two], alphas=(0.0, 1.0), betas=(1.0,), leave_one_out=True)
+    assert tip2.hparam_source == "leave-one-out on the support set"
+
+
+def test_tip_alpha_grid_contains_zero_so_the_search_can_decline_the_cache():
+    from course_lib import runtime
+    from course_lib.experiments import fewshot  # noqa: F401  (registers the section)
+
+    for name in ("quick", "full"):
+        assert 0.0 in runtime.get_profile(name).section("few_shot").tip_alphas
+    # a cache that only hurts (keys carry flipped labels) -> alpha = 0 is chosen on validation data
+    x, y, t = toy()
+    q, yq, _ = toy(seed=0)
+    tip = TipAdapter(t, x, (y + 1) % K)
+    a, _ = tip.search_hparams(q, yq, alphas=(0.0, 1.0, 10.0), betas=(5.5,))
+    assert a == 0.0 and tip.hparam_source == "validation set"
