@@ -52,16 +52,26 @@ __all__ = [
     "load_task",
     "coop_method",
     "score_predictions",
+    "headline_table",
+    "description_zero_shot",
+    "fixed_zero_shot",
+    "wilson_interval",
+    "auc_bootstrap_interval",
 ]
 
 
 # --------------------------------------------------------------------------- benchmark runner
-def score_predictions(y_true: np.ndarray, prob: np.ndarray) -> dict:
-    """Accuracy and AUC (binary: score of class 1; multi-class: one-vs-rest macro)."""
+def score_predictions(y_true: np.ndarray, prob: np.ndarray, intervals: bool = True) -> dict:
+    """Accuracy, balanced accuracy (mean per-class recall) and AUC (binary: score of class 1;
+    multi-class: one-vs-rest macro), the majority-class rate of ``y_true`` (what always predicting the
+    most frequent class scores), and with ``intervals`` 95 % intervals: Wilson for the accuracy
+    (``accuracy_lo/hi``), percentile bootstrap for a binary AUC (``auc_lo/hi``)."""
     from sklearn.metrics import roc_auc_score
 
+    y_true = np.asarray(y_true)
     pred = prob.argmax(1)
-    out = {"accuracy": float((pred == y_true).mean())}
+    n_ok = int((pred == y_true).sum())
+    out = {"accuracy": n_ok / len(y_true)}
     try:
         if prob.shape[1] == 2:
             out["auc"] = float(roc_auc_score(y_true, prob[:, 1]))
@@ -70,6 +80,13 @@ def score_predictions(y_true: np.ndarray, prob: np.ndarray) -> dict:
     except ValueError:
         out["auc"] = float("nan")
     out["balanced_accuracy"] = float(np.mean([(pred[y_true == c] == c).mean() for c in np.unique(y_true)]))
+    out["majority_rate"] = float(np.bincount(y_true).max() / len(y_true))
+    if intervals:
+        out["accuracy_lo"], out["accuracy_hi"] = wilson_interval(n_ok, len(y_true))
+        if prob.shape[1] == 2 and len(np.unique(y_true)) == 2:
+            out["auc_lo"], out["auc_hi"] = auc_bootstrap_interval(y_true, prob[:, 1])
+        else:
+            out["auc_lo"] = out["auc_hi"] = float("nan")
     return out
 
 
@@ -194,7 +211,7 @@ def load_task(source: str, bb, P=None, *, centers=None, test_centers=None, seed:
     ``source="busi"``: real BUSI (``busi_256``), benign vs malignant, at most ``P.max_real``
     images per class, split 50/50 (stratified, seeded) into pool and test.
 
-    Returns ``dict(pool_x, pool_y, test_x, test_y, pool_images, test_images, info)`` with
+    Returns ``dict(pool_x, pool_y, test_x, test_y, pool_images, test_images, info, test_anatomy)`` with
     L2-normalised features from :func:`course_lib.models.feature_cache.cached_image_features`.
     """
     from course_lib.data.common import split_indices
@@ -211,6 +228,7 @@ def load_task(source: str, bb, P=None, *, centers=None, test_centers=None, seed:
         pool_img, pool_y = tr["image"], np.asarray(tr["label"])
         test_img, test_y = te["image"], np.asarray(te["label"])
         test_tag = f"sonosynth-{''.join(test_centers or centers or 'ABCD')}"
+        test_anatomy = list(te["anatomy"])
         info = f"SonoSynth breast+thyroid, pool {len(pool_y)} (centers {centers or 'all'}), test {len(test_y)} (centers {test_centers or centers or 'all'})"
     elif source == "busi":
         from course_lib.data import busi
@@ -222,12 +240,14 @@ def load_task(source: str, bb, P=None, *, centers=None, test_centers=None, seed:
         pool_i, test_i = split_indices(len(y), (0.5, 0.5), seed=seed, stratify=y)
         pool_img, pool_y, test_img, test_y = imgs[pool_i], y[pool_i], imgs[test_i], y[test_i]
         tag = test_tag = "busi_256"
+        test_anatomy = ["breast"] * len(test_y)
         info = f"BUSI busi_256 benign/malignant, pool {len(pool_y)} {np.bincount(pool_y).tolist()}, test {len(test_y)} {np.bincount(test_y).tolist()}"
     else:
         raise ValueError(f"unknown few-shot source {source!r}; choose 'sonosynth' or 'busi'")
     px = cached_image_features(bb, pool_img, dataset=tag, split="pool", seed=seed, progress=progress)
     tx = cached_image_features(bb, test_img, dataset=test_tag, split="test", seed=seed, progress=progress)
-    return dict(pool_x=px, pool_y=pool_y, test_x=tx, test_y=test_y, pool_images=pool_img, test_images=test_img, info=info)
+    return dict(pool_x=px, pool_y=pool_y, test_x=tx, test_y=test_y, pool_images=pool_img, test_images=test_img, info=info,
+                test_anatomy=test_anatomy)
 
 
 def coop_method(bb, *, steps: int, lr: float = 2e-3, batch_size: int = 32, ctx_init: str | None = COOP_CTX_INIT,
@@ -394,3 +414,112 @@ def imbalance_experiment(tasks: dict, text_weights_: torch.Tensor, *, seeds: Seq
                                      predicted_malignant=float((p.argmax(1) == 1).float().mean()),
                                      **score_predictions(yq_, p.numpy())))
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- uncertainty and baselines
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score 95 % interval of a binomial proportion ``correct / n`` (Wilson, JASA 1927)."""
+    if n <= 0:
+        raise ValueError("n must be positive")
+    p = correct / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return float(centre - half), float(centre + half)
+
+
+def auc_bootstrap_interval(y_true: np.ndarray, score: np.ndarray, n_boot: int = 200, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap 95 % interval of the binary ROC-AUC (resampling test images; the AUC of each
+    resample from the Mann-Whitney rank statistic, ties averaged)."""
+    from scipy.stats import rankdata
+
+    y_true, score = np.asarray(y_true), np.asarray(score, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    n = len(y_true)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    yb, sb = y_true[idx], score[idx]
+    ranks = rankdata(sb, axis=1)
+    npos = yb.sum(1)
+    nneg = n - npos
+    ok = (npos > 0) & (nneg > 0)
+    auc = ((ranks * yb).sum(1) - npos * (npos + 1) / 2) / np.where(ok, npos * nneg, 1)
+    lo, hi = np.percentile(auc[ok], [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def description_zero_shot(description_features, logit_scale: float = 100.0) -> Callable:
+    """A runner method: zero-shot with clinical descriptions scored by *average similarity*
+    (``s_c = mean_m cos(f, t_{c,m})``, notebook 02's strongest zero-shot classifier)."""
+    from course_lib.models.zero_shot import ensemble_scores
+
+    def fn(xs, ys, xq, T, seed):
+        return (logit_scale * ensemble_scores(xq, description_features, mode="similarity")).softmax(-1), 0
+
+    return fn
+
+
+def headline_table(df, shots: int, baseline: str, metric: str = "accuracy"):
+    """Per dataset and method at ``shots``: mean ± sd over seeds of ``metric`` (%), the mean 95 % interval
+    of a single run, the majority-class rate, and the verdict against ``baseline``: "better" / "worse"
+    when the method's seed-mean lies outside the baseline's mean 95 % interval, else "tie"; methods
+    below the majority-class rate are flagged."""
+    import pandas as pd
+
+    lo, hi = f"{metric}_lo", f"{metric}_hi"
+    rows = []
+    for ds, d in df[df.shots == shots].groupby("dataset", sort=False):
+        base = d[d.method == baseline]
+        if base.empty:
+            raise ValueError(f"baseline {baseline!r} not among the methods of {ds}: {sorted(set(d.method))}")
+        b_lo, b_hi = base[lo].mean(), base[hi].mean()
+        maj = float(d["majority_rate"].iloc[0])
+        for m, g in d.groupby("method", sort=False):
+            mean = g[metric].mean()
+            verdict = "baseline" if m == baseline else ("better" if mean > b_hi else "worse" if mean < b_lo else "tie")
+            rows.append({"dataset": ds, "method": m, f"{metric} %": f"{100 * mean:.1f} ± {100 * g[metric].std(ddof=0):.1f}",
+                         "95% CI (one run)": f"{100 * g[lo].mean():.1f}–{100 * g[hi].mean():.1f}",
+                         "seeds": len(g), f"vs {baseline}": verdict,
+                         "below majority rate": bool(metric == "accuracy" and mean < maj)})
+    return pd.DataFrame(rows).set_index(["dataset", "method"])
+
+
+def fixed_zero_shot(text_weights_: torch.Tensor, logit_scale: float = 100.0) -> Callable:
+    """A runner method: zero-shot CLIP with *these* text weights, whatever weights the runner passes
+    to the other methods (to show two prompt sets side by side)."""
+
+    def fn(xs, ys, xq, T, seed):
+        return zero_shot_logits(xq, text_weights_, logit_scale).softmax(-1), 0
+
+    return fn
+
+
+def plot_transduction_clusters(features: torch.Tensor, labels, anatomy, text_weights_: torch.Tensor, *,
+                               logit_scale: float, lams: Sequence[float] = (0.0, 1.0), title: str = ""):
+    """Where do TransCLIP's clusters fall? PCA of the test features coloured by the true class, by the
+    anatomy, and by the zero-shot transductive assignment for each text-KL weight in ``lams``.
+    Returns ``{lam: {"agree_class", "agree_anatomy"}}`` (agreement up to a label swap)."""
+    import matplotlib.pyplot as plt
+    from sklearn.decomposition import PCA
+
+    labels, anatomy = np.asarray(labels), np.asarray(anatomy)
+    xy = PCA(2, random_state=0).fit_transform(torch.nn.functional.normalize(features.float(), dim=-1).numpy())
+    names = sorted(set(anatomy.tolist()))
+    anat = np.array([names.index(a) for a in anatomy])
+    panels = [("true class", labels), ("anatomy", anat)]
+    out = {}
+    for lam in lams:
+        z = transclip.transclip(features, text_weights_, logit_scale=logit_scale, lam=lam).argmax(1).numpy()
+        agree = lambda a, b: float(max((a == b).mean(), (a != b).mean()))  # noqa: E731  (up to a swap)
+        out[lam] = {"agree_class": agree(z, labels), "agree_anatomy": agree(z, anat)}
+        panels.append((f"TransCLIP clusters, λ = {lam:g}", z))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.2))
+    for ax, (name, c) in zip(axes, panels):
+        for v, mk in zip(sorted(set(c.tolist())), ("o", "^", "s", "D")):
+            m = c == v
+            lab = names[v] if name == "anatomy" else (["benign", "malignant"][v] if name == "true class" else f"cluster {v}")
+            ax.scatter(xy[m, 0], xy[m, 1], s=9, marker=mk, label=lab, alpha=0.7)
+        ax.set_title(name, fontsize=9); ax.set_xticks([]); ax.set_yticks([]); ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    plt.tight_layout()
+    plt.show()
+    return out

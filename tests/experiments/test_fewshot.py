@@ -97,3 +97,57 @@ def test_load_task_on_real_busi(tmp_path, monkeypatch):
     assert text_weights(bb, "single").shape == (2, bb.embed_dim)
     again = load_task("busi", bb, P)  # second call: served by the feature cache
     assert torch.equal(again["test_x"], task["test_x"])
+
+
+# --------------------------------------------------------------------------- issue 12: baselines and uncertainty
+def test_wilson_interval_by_hand_and_auc_interval_brackets_the_auc():
+    from course_lib.experiments.fewshot import auc_bootstrap_interval, wilson_interval
+
+    lo, hi = wilson_interval(8, 10)  # textbook value: (0.490, 0.943)
+    assert lo == pytest.approx(0.4902, abs=1e-3) and hi == pytest.approx(0.9433, abs=1e-3)
+    assert wilson_interval(0, 10)[0] == pytest.approx(0.0, abs=1e-12)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    s = y + rng.normal(0, 1.0, 300)
+    from sklearn.metrics import roc_auc_score
+
+    auc = roc_auc_score(y, s)
+    lo, hi = auc_bootstrap_interval(y, s)
+    assert lo < auc < hi and hi - lo < 0.2
+
+
+def test_score_predictions_reports_majority_rate_and_intervals():
+    y = np.array([0, 0, 0, 1])
+    prob = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]])  # always "benign"
+    m = score_predictions(y, prob)
+    assert m["majority_rate"] == 0.75 and m["accuracy"] == 0.75 and m["balanced_accuracy"] == 0.5
+    assert m["accuracy_lo"] < 0.75 < m["accuracy_hi"]
+
+
+def test_headline_table_calls_ties_and_flags_the_majority_rate():
+    import pandas as pd
+
+    from course_lib.experiments.fewshot import headline_table
+
+    rows = []
+    for seed in range(3):
+        for method, acc in (("zs", 0.70), ("tie", 0.72), ("better", 0.90), ("worse", 0.50)):
+            rows.append(dict(dataset="d", method=method, shots=16, seed=seed, accuracy=acc, accuracy_lo=acc - 0.05,
+                             accuracy_hi=acc + 0.05, majority_rate=0.55))
+    tab = headline_table(pd.DataFrame(rows), 16, baseline="zs")
+    verdict = tab["vs zs"].droplevel(0).to_dict()
+    assert verdict == {"zs": "baseline", "tie": "tie", "better": "better", "worse": "worse"}
+    assert tab["below majority rate"].droplevel(0).to_dict()["worse"] is True
+    with pytest.raises(ValueError, match="baseline"):
+        headline_table(pd.DataFrame(rows), 16, baseline="nope")
+
+
+def test_description_zero_shot_is_the_average_similarity_classifier():
+    from course_lib.experiments.fewshot import description_zero_shot
+
+    g = torch.Generator().manual_seed(0)
+    desc = [F.normalize(torch.randn(4, D, generator=g), dim=-1) for _ in range(2)]
+    xq = F.normalize(torch.randn(6, D, generator=g), dim=-1)
+    p, n = description_zero_shot(desc, 50.0)(None, None, xq, None, 0)
+    s = torch.stack([(xq @ d.T).mean(1) for d in desc], 1)
+    assert n == 0 and torch.allclose(p, (50.0 * s).softmax(-1), atol=1e-6)
