@@ -28,7 +28,7 @@ runtime.register_section(
     "tpseg",
     quick=dict(image_size=64, hidden=4, width=16, heads=2, steps=30, ablation_steps=30, batch_size=4, lr=3e-3,
                seeds=3, ablation_seeds=1, n_train=(96, 64, 48, 32, 24, 16, 20), n_val=10, max_tasks=8,
-               encoder="sonoclip-tiny", ablations=("A2", "A3", "B3", "B4", "C4", "T4-1")),
+               encoder="sonoclip-tiny", ablations=("A2", "A3", "B3", "B4", "C4", "T4-1", "T4-3")),
     full=dict(image_size=512, hidden=32, width=128, heads=4, steps=6000, ablation_steps=6000, batch_size=8, lr=3e-5,
               seeds=3, ablation_seeds=3, n_train=(1000, 600, 450, 300, 360, 300, 20), n_val=150, max_tasks=16,
               encoder="facebook/sam2.1-hiera-small",
@@ -167,13 +167,17 @@ def _stack(tasks, key):
 
 # region: tpseg-train
 def train_unified(model: TPSeg, train_sets, *, steps: int, lr: float, batch_size: int = 8, balanced: bool = True,
-                  seed: int = 0, task_ids=None, progress: bool = False, desc: str = "TP-Seg") -> dict:
+                  seed: int = 0, task_ids=None, progress: bool = False, desc: str = "TP-Seg",
+                  gate_lr_mult: float = 10.0) -> dict:
     """Train ``model`` on several tasks with :func:`course_lib.train.fit` (Adam, as in Sec. 4.1; cosine
     schedule), BCE + Dice loss, one task per batch from :class:`TaskBatchSampler`, the split-gate
     temperature decayed 1.0 -> 0.3 over the steps, prototypes updated by EMA inside the forward pass.
 
     ``train_sets``: list of dicts with ``image`` (N, H, W) in [0, 1] and ``mask`` (N, H, W) in {0, 1}, one per
-    task, in the order of ``task_ids`` (default: 0..T-1). Returns ``fit``'s history plus ``task_counts``.
+    task, in the order of ``task_ids`` (default: 0..T-1). ``gate_lr_mult``: the split-gate vectors train with
+    ``lr * gate_lr_mult`` (our choice, not the paper's: the gate is a few scalars per task that must be able to move
+    the split by a block within a short schedule; the paper does not state its rate). Returns ``fit``'s history plus
+    ``task_counts``.
     """
     task_ids = list(range(len(train_sets))) if task_ids is None else list(task_ids)
     for i, ts in enumerate(train_sets):
@@ -203,8 +207,13 @@ def train_unified(model: TPSeg, train_sets, *, steps: int, lr: float, batch_size
 
     model.encoder.temperature = gate_temperature(0.0)
     torch.manual_seed(seed)
+    gate = [p for p in model.encoder.gate.parameters()] if model.encoder.gate is not None else []
+    gate_ids = {id(p) for p in gate}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in gate_ids]
+    groups = [{"params": rest}] + ([{"params": gate, "lr": lr * gate_lr_mult}] if gate else [])
     hist = train.fit(model, data, forward=forward, steps=steps, lr=lr, optimizer="adam", weight_decay=0.0,
-                     scheduler="cosine", after_step=after_step, device=device, progress=progress, desc=desc)
+                     params=groups, scheduler="cosine", after_step=after_step, device=device, progress=progress,
+                     desc=desc)
     model.encoder.temperature = gate_temperature(1.0)
     hist["task_counts"] = counts.tolist()
     return hist
