@@ -6,16 +6,18 @@ Kirillov et al., "Segment Anything", ICCV 2023, App. A ("Training algorithm"; "L
    object's box with noise (:mod:`~course_lib.methods.interactive.prompts`), with *three* output masks
    (the ambiguity of a single point).
 2. **Loss on the best of the three** ("we backpropagate only the minimum loss over masks"), so each
-   output can specialise on a different interpretation; SAM uses focal + Dice (20 : 1), we use
-   BCE + soft Dice (:func:`course_lib.losses.bce_dice_loss`, stable on tiny models).
+   output can specialise on a different interpretation; the loss is SAM's focal + Dice (20 : 1),
+   :func:`mask_loss`.
 3. **IoU head** regresses the IoU each mask actually achieves (mean-squared error).
 4. **Correction clicks**: the next points are drawn from the error region of the previous
    prediction (positive on a miss, negative on a false positive), and the previous low-resolution
    mask logits are fed back as a dense prompt; one output mask from then on. SAM simulates 8 such
    clicks (+ 2 mask-only rounds) per image; the quick profile uses :data:`CORRECTIONS`.
 
-Structures are class-agnostic: each training image contributes one randomly chosen structure of its
-SonoSynth label map (lesion, organ, vessel ...), so the model learns "the thing at the click".
+Structures are class-agnostic: each training image contributes one randomly chosen *object* of its
+SonoSynth label map (lesion, organ, vessel, node ...; the tissue layers that span the whole image —
+skin, fat, fibroglandular tissue, muscle, diaphragm — are not used as targets), so the model learns
+"the thing at the click".
 ``python -m course_lib.methods.interactive.recipe --out course_lib/assets/sonosam-tiny.safetensors``
 rebuilds the committed checkpoint.
 """
@@ -34,13 +36,15 @@ from course_lib.methods.interactive import sam as sm
 
 runtime.register_section(
     "interactive",
-    quick=dict(pretrain_steps=1000, pretrain_batch=12, pool=3000, corrections=2, lr=2e-3, n_eval=48,
+    quick=dict(pretrain_steps=1000, pretrain_batch=12, pool=3000, corrections=2, lr=4e-3, n_eval=48,
                clicks=(1, 3, 5, 10), ft_steps=40, ft_batch=8, ft_train=48, ft_lr=1e-3, lora_rank=4),
     full=dict(pretrain_steps=20000, pretrain_batch=32, pool=40000, corrections=8, lr=1e-3, n_eval=400,
               clicks=(1, 3, 5, 10), ft_steps=2000, ft_batch=16, ft_train=400, ft_lr=1e-4, lora_rank=8),
 )
 CORRECTIONS = 2
 MIN_AREA = 24  # pixels (at 128 px) for a structure to be used as a training target
+#: tissue layers that span the image: not objects a user would click on, so never targets
+LAYERS = ("skin", "fat", "fibroglandular", "muscle", "diaphragm")
 
 
 def structure_pool(n: int, image_size: int, seed: int = 0, split_start: int = 0):
@@ -52,11 +56,15 @@ def structure_pool(n: int, image_size: int, seed: int = 0, split_start: int = 0)
 
 
 def pick_targets(label_maps: torch.Tensor, rng: np.random.Generator, min_area: int = MIN_AREA) -> torch.Tensor:
-    """One binary target per image: a structure present with at least ``min_area`` pixels, drawn uniformly."""
+    """One binary target per image: an object (not one of :data:`LAYERS`) present with at least ``min_area``
+    pixels, drawn uniformly."""
+    from course_lib.data import sonosynth as ss
+
+    skip = {0} | {ss.STRUCTURES.index(n) for n in LAYERS}
     out = torch.zeros(label_maps.shape, dtype=torch.bool)
     for i, lm in enumerate(label_maps):
         ids, counts = torch.unique(lm, return_counts=True)
-        ok = [int(s) for s, c in zip(ids, counts) if s != 0 and c >= min_area]
+        ok = [int(s) for s, c in zip(ids, counts) if int(s) not in skip and c >= min_area]
         if not ok:
             raise ValueError(f"image {i} has no structure of >= {min_area} pixels; regenerate the pool")
         out[i] = lm == ok[rng.integers(len(ok))]
@@ -90,9 +98,16 @@ def _clicks(prev_logits: torch.Tensor, target_lr: torch.Tensor, rng, scale: floa
 
 
 def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample BCE + soft Dice of one mask channel ``(B, 1, m, m)``: ``(B,)``."""
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((1, 2, 3))
-    return bce + losses.dice_loss(logits, target, reduction="none")[:, 0]
+    """SAM's mask loss, per sample, for one mask channel ``(B, 1, m, m)``: ``(B,)``.
+
+    ``20 * focal + 1 * Dice`` (Kirillov et al. 2023, App. A: "a linear combination of focal loss and dice
+    loss in a 20:1 ratio"; focal loss of Lin et al., ICCV 2017, alpha = 0.25, gamma = 2, via torchvision).
+    The focal term down-weights the many easy background pixels, so small objects are not drowned out
+    (with plain BCE the tiny model collapsed to empty masks)."""
+    from torchvision.ops import sigmoid_focal_loss
+
+    focal = sigmoid_focal_loss(logits, target, alpha=0.25, gamma=2.0, reduction="none").mean((1, 2, 3))
+    return 20.0 * focal + losses.dice_loss(logits, target, reduction="none")[:, 0]
 
 
 # region: interactive-training-step

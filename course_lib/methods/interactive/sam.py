@@ -40,7 +40,8 @@ HUB_MODELS = {"sam-vit-base": "facebook/sam-vit-base", "medsam": "wanglab/medsam
 #: the small SAM config: same classes as SAM ViT-B, a 128-px input, 8-px patches (16x16 embedding grid)
 SONOSAM_CONFIG = dict(
     vision_config=dict(hidden_size=48, output_channels=32, num_hidden_layers=3, num_attention_heads=4, image_size=128,
-                       patch_size=8, window_size=4, global_attn_indexes=[2], mlp_dim=96, num_pos_feats=16),
+                       patch_size=8, window_size=4, global_attn_indexes=[2], mlp_dim=96, num_pos_feats=16,
+                       initializer_range=0.02),  # HF's SAM default (1e-10) only suits loading pretrained weights
     prompt_encoder_config=dict(hidden_size=32, image_size=128, patch_size=8, mask_input_channels=8),
     mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2,
                              iou_head_hidden_dim=32),
