@@ -26,14 +26,14 @@ from course_lib import runtime
 from course_lib.data import sonosynth as ss
 from course_lib.methods.tapslf import tapslf as ts
 
-__all__ = ["METRICS", "PAPER", "load_encoder_backbone", "make_task_data", "preprocess", "variant_key", "run_grid", "summary",
+__all__ = ["METRICS", "PAPER", "load_encoder_backbone", "make_task_data", "florence2_base_breakdown", "plot_placement", "preprocess", "variant_key", "run_grid", "summary",
            "format_table", "paper_table"]
 
 runtime.register_section(
     "tapslf",
-    quick=dict(backbone="sonoclip-tiny", n_train=64, n_test=32, steps=64, warm_steps=300, batch_size=8, lr=5e-3, seeds=(0, 1, 2),
+    quick=dict(backbone="sonoclip-tiny", n_train=64, n_test=32, steps=32, warm_steps=400, batch_size=8, lr=2e-3, warm_lr=1e-2, seeds=(0, 1, 2),
                fpn_dim=32, anatomies=("breast", "thyroid")),
-    full=dict(backbone="florence-2-base", n_train=2000, n_test=500, steps=4000, warm_steps=1000, batch_size=16, lr=1e-3,
+    full=dict(backbone="florence-2-base", n_train=2000, n_test=500, steps=4000, warm_steps=1000, batch_size=16, lr=1e-3, warm_lr=1e-3,
               seeds=(0, 1, 2), fpn_dim=256, anatomies=("breast", "thyroid")),
 )
 
@@ -119,12 +119,12 @@ def variant_key(config: ts.TapSlfConfig, depth: int) -> tuple:
 
 
 def run_grid(backbone, configs: dict, data_train: dict, data_test: dict, *, seeds, steps: int, lr: float,
-             batch_size: int, warm_steps: int = 0, fpn_dim: int | None = None, encoder_kw: dict | None = None, progress=None) -> pd.DataFrame:
+             batch_size: int, warm_steps: int = 0, warm_lr: float | None = None, fpn_dim: int | None = None, encoder_kw: dict | None = None, progress=None) -> pd.DataFrame:
     """Train and evaluate every configuration for every seed (identical configurations run once).
 
     ``warm_steps > 0``: per seed, heads are first trained on cached frozen features
     (:func:`course_lib.methods.tapslf.tapslf.warm_start_heads`) and every variant starts from them; its
-    ``steps`` then adapt prompts, LoRA and heads together. ``seconds`` excludes the shared warm start.
+    ``steps`` then adapt prompts, LoRA and heads together (at ``lr``; the warm start uses ``warm_lr``). ``seconds`` excludes the shared warm start.
     ``backbone`` is copied for each run (LoRA is injected in place). Returns one row per
     (name, seed): the seven metrics, trainable/total parameters, percent, seconds and the run key.
     """
@@ -145,7 +145,7 @@ def run_grid(backbone, configs: dict, data_train: dict, data_test: dict, *, seed
                 runtime.seed_everything(seed)
                 base = ts.build_tapslf(copy.deepcopy(backbone), replace(ts.VARIANTS["heads_only"], fpn_dim=cfg.fpn_dim),
                                        **encoder_kw)
-                warm[seed] = ts.warm_start_heads(base, data_train, steps=warm_steps, lr=lr, batch_size=batch_size,
+                warm[seed] = ts.warm_start_heads(base, data_train, steps=warm_steps, lr=warm_lr or lr, batch_size=batch_size,
                                                  seed=seed)
             runtime.seed_everything(seed)
             model = ts.build_tapslf(copy.deepcopy(backbone), cfg, **encoder_kw)
@@ -196,3 +196,76 @@ def paper_table(name: str) -> pd.DataFrame:
     if name == "table4":
         df.index = [f"{int(100 * r)} %" for r in df.index]
     return df
+
+
+def florence2_base_breakdown(config: ts.TapSlfConfig | str = "tap_slf", fpn_dim: int | None = None) -> dict:
+    """:func:`~course_lib.methods.tapslf.tapslf.parameter_breakdown` of TAP-SLF on Florence-2-base's vision encoder,
+    built from its config on the ``meta`` device (no weights, no download, no memory)."""
+    from transformers import Florence2VisionBackbone
+
+    from course_lib.methods.tapslf.encoders import florence2_base_config
+
+    if isinstance(config, str):
+        config = ts.VARIANTS[config]
+    if fpn_dim is not None:
+        config = replace(config, fpn_dim=fpn_dim)
+    with torch.device("meta"):
+        model = ts.build_tapslf(Florence2VisionBackbone(florence2_base_config()), config, image_size=256)
+    return ts.parameter_breakdown(model)
+
+
+def plot_placement(model: ts.TapSlfModel, ax=None, title: str | None = None):
+    """Diagram of where TAP-SLF acts in ``model``: prompt tokens before block 0 (bypassed by detection),
+    frozen blocks, LoRA blocks (q, k, v, out), the blocks/stages that feed the FPN decoder, the four heads."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+
+    enc = model.encoder
+    depth = enc.depth
+    lora = {i for i in range(depth) if any(".lora_" in n for n, _ in enc.named_parameters()
+                                              if _block_of(enc, n) == i)}
+    if ax is None:
+        _, ax = plt.subplots(figsize=(11, 3.2))
+    ax.set_xlim(-3.2, depth + 4.2)
+    ax.set_ylim(-1.6, 2.3)
+    ax.axis("off")
+
+    def box(x, y, w, h, text, color, **kw):
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02", fc=color, ec="k", lw=0.8, **kw))
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=7.5)
+
+    box(-3.1, 0.0, 1.2, 1.0, "patch embed\n+ E_pos", "#d9d9d9")
+    if model.prompts is not None:
+        who = "shared P" if model.prompts.mode == "shared" else "P_t (per task)"
+        box(-1.7, 1.2, 1.4, 0.7, f"{who}\nL={model.prompts.length}", "#9ecae1")
+        ax.annotate("", xy=(-0.2, 0.75), xytext=(-1.0, 1.2), arrowprops=dict(arrowstyle="->", lw=1))
+        if model.prompts.bypass:
+            ax.text(-1.7, 2.05, "detection bypasses prompts", fontsize=7, color="#08519c")
+    ax.annotate("", xy=(-0.2, 0.5), xytext=(-1.9, 0.5), arrowprops=dict(arrowstyle="->", lw=1))
+    feat = set(getattr(enc, "feature_blocks", []))
+    if enc.kind == "davit":
+        ends = np.cumsum([len(s) for s in enc.vision.blocks]) - 1
+        feat = {int(ends[s]) for s in enc.feature_stages}
+    for i in range(depth):
+        color = "#fdae6b" if i in lora else "#f0f0f0"
+        box(i - 0.1, 0.0, 0.8, 1.0, f"block {i}\n" + ("LoRA\nq,k,v,o" if i in lora else "frozen"), color)
+        if i in feat:
+            ax.annotate("", xy=(i + 0.3, -0.75), xytext=(i + 0.3, -0.02), arrowprops=dict(arrowstyle="->", lw=0.8))
+    box(min(feat) - 0.1, -1.5, max(feat) - min(feat) + 0.8, 0.7, "FPN decoders -> seg mask, det box", "#c7e9c0")
+    box(depth + 0.2, 0.0, 1.4, 1.0, "GAP", "#d9d9d9")
+    box(depth + 2.0, 0.0, 1.9, 1.0, "cls / reg heads", "#c7e9c0")
+    ax.annotate("", xy=(depth + 0.2, 0.5), xytext=(depth - 0.3, 0.5), arrowprops=dict(arrowstyle="->", lw=1))
+    ax.annotate("", xy=(depth + 2.0, 0.5), xytext=(depth + 1.6, 0.5), arrowprops=dict(arrowstyle="->", lw=1))
+    ax.set_title(title or f"{enc.kind} encoder, {depth} blocks: LoRA on {sorted(lora)}", fontsize=9)
+    return ax
+
+
+def _block_of(enc, name: str):
+    """Flat block index of a parameter name (``None`` outside the blocks)."""
+    import re
+
+    if enc.kind == "vit":
+        m = re.search(r"resblocks\.(\d+)\.", name)
+        return int(m.group(1)) if m else None
+    m = re.search(r"vision\.blocks\.(\d+)\.(\d+)\.", name)
+    return enc._index.index((int(m.group(1)), int(m.group(2)))) if m else None
