@@ -358,14 +358,17 @@ def format_speedup(res: dict) -> str:
 
 
 # --------------------------------------------------------------------------- notebook 03: domain shift
-def train_prompt_predictor(bb, xs, ys, *, seed: int, cocoop: bool = False, C=None, batch: int = 64) -> Callable:
+def train_prompt_predictor(bb, xs, ys, *, seed: int, cocoop: bool = False, C=None, batch: int = 64,
+                           steps: int | None = None, batch_size: int | None = None) -> Callable:
     """Train CoOp (or CoCoOp) from the template context on support features ``xs, ys`` with the
-    profile's ``coop`` sizes ``C`` and return ``predict(x) -> probabilities`` (batched, on the CPU)."""
+    profile's ``coop`` sizes ``C`` (or explicit ``steps`` / ``batch_size``, e.g. the same sample budget
+    for both) and return ``predict(x) -> probabilities`` (batched, on the CPU)."""
     C = C or runtime.get_profile().section("coop")
     torch.manual_seed(seed)
     cls = coop.CoCoOp if cocoop else coop.CoOp
     m = cls.from_backbone(bb, PROMPT_CLASSNAMES, ctx_init=COOP_CTX_INIT)
-    steps, bs = (C.cocoop_steps, C.cocoop_batch_size) if cocoop else (C.steps, C.batch_size)
+    steps0, bs0 = (C.cocoop_steps, C.cocoop_batch_size) if cocoop else (C.steps, C.batch_size)
+    steps, bs = steps or steps0, batch_size or bs0
     coop.train_prompt_learner(m, xs, ys, steps=steps, lr=C.lr, batch_size=bs, seed=seed)
     return lambda x: torch.cat([m(x[i:i + batch].to(bb.device)).softmax(-1).cpu() for i in range(0, len(x), batch)])
 

@@ -151,3 +151,21 @@ def test_description_zero_shot_is_the_average_similarity_classifier():
     p, n = description_zero_shot(desc, 50.0)(None, None, xq, None, 0)
     s = torch.stack([(xq @ d.T).mean(1) for d in desc], 1)
     assert n == 0 and torch.allclose(p, (50.0 * s).softmax(-1), atol=1e-6)
+
+
+def test_train_prompt_predictor_budget_override():
+    """The same-budget comparison of notebook 03: explicit steps/batch_size replace the profile's sizes."""
+    from types import SimpleNamespace
+
+    from course_lib.experiments.fewshot import train_prompt_predictor
+    from course_lib.models import load_backbone
+
+    bb = load_backbone("sonoclip-tiny", pretrained=None, device="cpu", verbose=False)
+    g = torch.Generator().manual_seed(0)
+    xs, ys = F.normalize(torch.randn(8, bb.embed_dim, generator=g), dim=-1), torch.tensor([0, 1] * 4)
+    C = SimpleNamespace(steps=3, batch_size=4, cocoop_steps=1, cocoop_batch_size=2, lr=0.05)
+    p_prof = train_prompt_predictor(bb, xs, ys, seed=0, C=C)(xs)
+    p_same = train_prompt_predictor(bb, xs, ys, seed=0, C=C, steps=3, batch_size=4)(xs)
+    p_cheap = train_prompt_predictor(bb, xs, ys, seed=0, C=C, steps=1, batch_size=2)(xs)
+    assert torch.allclose(p_prof.sum(1), torch.ones(8), atol=1e-5)
+    assert torch.allclose(p_prof, p_same) and not torch.allclose(p_prof, p_cheap)
