@@ -96,3 +96,51 @@ def plot_query(model, task, *, support_size: int = 8, ensemble: int = 2, query: 
         a.axis("off")
     plt.tight_layout(); plt.show()
     return d
+
+
+def location_prior(task, sizes: Sequence[int], *, n_queries: int, seed: int = 0, threshold: float = 0.5):
+    """Rows ``{task, S, M=-1, seed, dice}`` of a baseline that ignores the query image: the pixel-wise mean of
+    the S support labels, thresholded -- "where this structure usually is". Same queries and the same
+    first support subset as :func:`evaluation.evaluate_task` with ``M = 1``. If in-context Dice is no
+    better than this, the model segments by position, not appearance."""
+    qi, pi = ev.query_split(task, n_queries, seed)
+    rows = []
+    for S in sizes:
+        if S > len(pi):
+            continue
+        sub = pi if S >= len(pi) else pi[np.random.default_rng(seed + S).choice(len(pi), size=S, replace=False)]
+        prior = task.labels[sub].mean(0) >= threshold
+        d = metrics.dice(np.broadcast_to(prior, task.labels[qi].shape), task.labels[qi] > 0.5)
+        rows.append(dict(task=task.name, S=int(S), M=-1, seed=int(seed), dice=float(d.mean())))
+    return rows
+
+
+def contrast_to_noise(task, ring: int = 3) -> float:
+    """Median over the task's images of ``|mean(inside) - mean(ring)| / std(ring)``: how much the structure
+    stands out from a ``ring``-pixel band around it (a low value = hard to see, whatever the model)."""
+    from scipy.ndimage import binary_dilation
+
+    vals = []
+    for img, lab in zip(task.images, task.labels > 0.5):
+        if not lab.any():
+            continue
+        band = binary_dilation(lab, iterations=ring) & ~lab
+        if band.sum() < 2:
+            continue
+        vals.append(abs(img[lab].mean() - img[band].mean()) / max(float(img[band].std()), 1e-6))
+    return float(np.median(vals)) if vals else float("nan")
+
+
+def pm_table(mean, sd, prefix: str = ""):
+    """``"0.62 ± 0.03"`` strings from a mean and an sd table ("–" where the mean is missing); columns prefixed."""
+    t = mean.round(3).astype(str) + " ± " + sd.round(3).astype(str)
+    t = t.where(mean.notna(), "–")
+    t.columns = [f"{prefix}{c}" for c in t.columns]
+    return t
+
+
+def trend(mean, sd, row, a, b) -> str:
+    """``"grows"``/``"falls"`` when ``mean.loc[row]`` changes from column ``a`` to ``b`` by more than the larger
+    of the two seed sds, else ``"is flat (within the seed sd)"``."""
+    d, m = mean.loc[row, b] - mean.loc[row, a], max(sd.loc[row, a], sd.loc[row, b])
+    return "grows" if d > m else "falls" if d < -m else "is flat (within the seed sd)"

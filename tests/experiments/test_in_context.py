@@ -25,3 +25,31 @@ def test_support_sweep_rows_per_seed_and_summary():
     vals = [r["dice"] for r in rows if r["task"] == "a" and r["S"] == 2]
     assert mean.loc["a", 2] == pytest.approx(np.mean(vals)) and sd.loc["a", 2] == pytest.approx(np.std(vals, ddof=1))
     assert (n.to_numpy() == 3).all()
+
+
+def test_location_prior_is_the_thresholded_mean_support_label():
+    lab = np.zeros((10, 16, 16), np.float32)
+    lab[:, 4:8, 4:8] = 1  # the structure is always in the same place: the prior is perfect
+    t = Task("fixed", np.random.default_rng(0).random((10, 16, 16)), lab)
+    rows = xp.location_prior(t, (1, 4, 50), n_queries=4, seed=0)
+    assert [r["S"] for r in rows] == [1, 4] and all(r["dice"] == 1.0 and r["M"] == -1 for r in rows)
+
+
+def test_contrast_to_noise_separates_visible_from_invisible_structures():
+    rng = np.random.default_rng(0)
+    lab = np.zeros((3, 16, 16), np.float32)
+    lab[:, 5:10, 5:10] = 1
+    noise = rng.normal(0.5, 0.05, (3, 16, 16)).clip(0, 1)
+    bright = Task("bright", np.where(lab > 0, 0.9, noise), lab)
+    hidden = Task("hidden", noise, lab)
+    assert xp.contrast_to_noise(bright) > 5 > 1 > xp.contrast_to_noise(hidden)
+
+
+def test_trend_and_pm_table():
+    import pandas as pd
+
+    mean = pd.DataFrame({1: [0.2, 0.5], 8: [0.6, 0.52]}, index=["a", "b"])
+    sd = pd.DataFrame({1: [0.05, 0.05], 8: [0.05, 0.05]}, index=["a", "b"])
+    assert xp.trend(mean, sd, "a", 1, 8) == "grows" and xp.trend(mean, sd, "b", 1, 8).startswith("is flat")
+    assert xp.trend(mean, sd, "a", 8, 1) == "falls"
+    assert xp.pm_table(mean, sd, "S=").loc["a", "S=8"] == "0.6 ± 0.05"

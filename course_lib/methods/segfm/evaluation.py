@@ -32,6 +32,7 @@ runtime.register_section(
         real_pool=40,
         unet_support_sizes=(4, 32),
         unet_steps=60,
+        seeds=(0, 1, 2),
     ),
     full=dict(
         image_size=64,
@@ -44,6 +45,7 @@ runtime.register_section(
         real_pool=96,
         unet_support_sizes=(1, 4, 16, 64),
         unet_steps=400,
+        seeds=(0, 1, 2, 3, 4),
     ),
 )
 
