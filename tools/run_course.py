@@ -167,7 +167,7 @@ class CourseClient(NotebookClient):
                 lag = _lag(msg)
                 client.max_lag = max(client.max_lag, lag)
                 client.late += lag > LATE_AFTER
-                if step >= 0.2 and waited >= 0.95 * step and lag >= 0.25:
+                if step is not None and step >= 0.2 and waited >= 0.95 * step and lag >= 0.25:
                     # the poll saw the message only when its timeout fired, though it had arrived a while
                     # before: a missed wake-up that the slicing caught
                     client.rescued += 1

@@ -109,3 +109,19 @@ def test_notebook_cap_stops_a_long_notebook(tmp_path):
     assert not res.ok and res.kind == "notebook-cap"
     assert "long.ipynb" in res.error and "cap of 6 s" in res.error
     assert res.seconds < 30
+
+
+def test_stock_mode_wrapper_passes_messages_through():
+    client = rc.CourseClient(nbformat.v4.new_notebook())
+    client.sliced = False
+
+    class Immediate:
+        msg = {"header": {}, "parent_header": {}, "content": {}}
+
+        async def get_msg(self, timeout=None):
+            return self.msg
+
+    channel = Immediate()
+    client._wrap(channel)
+    assert asyncio.run(channel.get_msg(timeout=None)) is Immediate.msg
+    assert client.rescued == 0
