@@ -8,3 +8,9 @@ from course_lib.methods.segfm.universeg import CrossBlock, CrossConv2d, UniverSe
 
 __all__ = ["UniverSeg", "CrossBlock", "CrossConv2d", "meta_train", "sample_episode", "predict", "evaluate_task",
            "evaluate_unet", "load_pretrained", "assemble", "train_partial", "per_structure_dice"]
+# Tyche (stochastic in-context segmentation, notebook 06)
+from course_lib.methods.segfm.tyche import (Tyche, best_candidate_dice, best_candidate_loss,  # noqa: E402
+                                            generalized_energy_distance, load_tyche, tta_candidates, tyche_candidates)
+
+__all__ += ["Tyche", "best_candidate_loss", "generalized_energy_distance", "best_candidate_dice", "load_tyche",
+            "tta_candidates", "tyche_candidates"]
