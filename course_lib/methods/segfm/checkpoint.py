@@ -3,7 +3,7 @@ rebuild by meta-training, command line (notebook 06, benchmarks/eval_universeg.p
 
 The committed file ``course_lib/assets/universeg-tiny.safetensors`` is rebuilt with::
 
-    python -m course_lib.methods.segfm.checkpoint --train
+    python -m course_lib.methods.segfm --train
 
 It is written by :func:`course_lib.checkpoints.save_state` (fp16 tensors + the training facts as JSON
 metadata, no pickle) and read by :func:`course_lib.checkpoints.load_state`, which verifies the payload
@@ -25,7 +25,7 @@ ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
 CHECKPOINT_NAME = "universeg-tiny.safetensors"
 #: SHA-256 of the committed checkpoint (also in data_cards/universeg-tiny.md)
 CHECKPOINT_SHA256 = "e7aa29cdf360400e270dfb879f8ab8f8f47cce49522555d7096d1ca05fb30f81"
-REBUILD = "python -m course_lib.methods.segfm.checkpoint --train"
+REBUILD = "python -m course_lib.methods.segfm --train"
 
 
 def checkpoint_path() -> Path:
@@ -106,6 +106,7 @@ def train_checkpoint(path=None, **overrides) -> tuple[UniverSeg, dict]:
 
 
 def main(argv=None):
+    """``python -m course_lib.methods.segfm --train``: meta-train and write the checkpoint."""
     ap = argparse.ArgumentParser(description="Meta-train the course's UniverSeg checkpoint on SonoSynth tasks.")
     ap.add_argument("--train", action="store_true", help="meta-train and write the checkpoint")
     ap.add_argument("--steps", type=int, default=DEFAULT_TRAIN["steps"])
@@ -121,6 +122,3 @@ def main(argv=None):
         os.environ["COURSE_DEVICE"] = args.device
     train_checkpoint(args.out, steps=args.steps)
 
-
-if __name__ == "__main__":
-    main()
