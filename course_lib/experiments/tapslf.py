@@ -125,13 +125,15 @@ def run_grid(backbone, configs: dict, data_train: dict, data_test: dict, *, seed
     ``warm_steps > 0``: per seed, heads are first trained on cached frozen features
     (:func:`course_lib.methods.tapslf.tapslf.warm_start_heads`) and every variant starts from them; its
     ``steps`` then adapt prompts, LoRA and heads together (at ``lr``; the warm start uses ``warm_lr``). ``seconds`` excludes the shared warm start.
-    ``backbone`` is copied for each run (LoRA is injected in place). Returns one row per
+    ``backbone`` is copied for each run (LoRA is injected in place) and trained on ``runtime.get_device()``.
+    Returns one row per
     (name, seed): the seven metrics, trainable/total parameters, percent, seconds and the run key.
     """
     encoder_kw = encoder_kw or {}
     depth = ts.make_encoder(copy.deepcopy(backbone), **encoder_kw).depth
     done: dict = {}
     warm: dict = {}
+    device = runtime.get_device()
     rows = []
     jobs = [(name, cfg, s) for name, cfg in configs.items() for s in seeds]
     it = progress(jobs, desc="TAP-SLF runs") if progress else jobs
@@ -144,11 +146,11 @@ def run_grid(backbone, configs: dict, data_train: dict, data_test: dict, *, seed
             if warm_steps and seed not in warm:  # one warm start of the heads per seed, shared by every variant
                 runtime.seed_everything(seed)
                 base = ts.build_tapslf(copy.deepcopy(backbone), replace(ts.VARIANTS["heads_only"], fpn_dim=cfg.fpn_dim),
-                                       **encoder_kw)
+                                       **encoder_kw).to(device)
                 warm[seed] = ts.warm_start_heads(base, data_train, steps=warm_steps, lr=warm_lr or lr, batch_size=batch_size,
                                                  seed=seed)
             runtime.seed_everything(seed)
-            model = ts.build_tapslf(copy.deepcopy(backbone), cfg, **encoder_kw)
+            model = ts.build_tapslf(copy.deepcopy(backbone), cfg, **encoder_kw).to(device)
             if warm_steps:
                 model.heads.load_state_dict(warm[seed])
             t0 = time.perf_counter()

@@ -397,12 +397,16 @@ def warm_start_heads(model: TapSlfModel, data: dict, *, steps: int, lr: float, b
         model.heads["reg"].sd.fill_(float(yr.std().clamp_min(1e-6)))
     tasks = [t for t in model.tasks if t in data]
     cached = {}
+    dev = T.model_device(model)
+    was_training = model.training
+    model.eval()
     with torch.no_grad():
         for t in tasks:
-            chunks = [model.encoder(data[t]["x"][i:i + 64], None) for i in range(0, len(data[t]["x"]), 64)]
+            chunks = [model.encoder(data[t]["x"][i:i + 64].to(dev), None) for i in range(0, len(data[t]["x"]), 64)]
             feats = [torch.cat([c[0][j] for c in chunks]) for j in range(len(chunks[0][0]))] if t in ("seg", "det") \
                 else torch.cat([c[1] for c in chunks])
             cached[t] = {"f": feats, "y": data[t]["y"]}
+    model.train(was_training)
     draw = round_robin(cached, tasks, batch_size, seed)
     sd = float(model.heads["reg"].sd)
 

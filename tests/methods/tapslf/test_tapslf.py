@@ -273,3 +273,10 @@ def test_unknown_variant_and_prompt_mode_raise(vit):
         ts.build_tapslf(vit, "tap")
     with pytest.raises(ValueError, match="prompt_mode"):
         ts.TapSlfConfig(prompt_mode="deep")
+
+
+def test_florence2_pretrained_offline_names_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(RuntimeError, match="could not load Florence-2 weights from 'florence-community/Florence-2-base'"):
+        E.load_florence2_vision(pretrained=True)
