@@ -36,12 +36,12 @@ runtime.register_section(
     quick=dict(
         epochs=80, lr=5e-3, batch_size=32, lpp_steps=100, clap_steps=60, transclip_iters=10,
         tip_alphas=(0.0, 0.1, 0.5, 1.0, 2.0, 4.0), tip_betas=(1.0, 3.0, 5.5, 8.0),
-        bench_epochs=5, bench_n=64,
+        bench_epochs=5, bench_n=64, tip_views=4,
     ),
     full=dict(
         epochs=300, lr=5e-3, batch_size=32, lpp_steps=300, clap_steps=300, transclip_iters=10,
         tip_alphas=(0.0, 0.1, 0.5, 1.0, 2.0, 4.0, 8.0), tip_betas=(1.0, 3.0, 5.5, 8.0, 12.0),
-        bench_epochs=20, bench_n=512,
+        bench_epochs=20, bench_n=512, tip_views=10,
     ),
 )
 
@@ -90,10 +90,13 @@ def score_predictions(y_true: np.ndarray, prob: np.ndarray, intervals: bool = Tr
     return out
 
 
-def default_methods(P=None, logit_scale: float = 100.0) -> dict[str, Callable]:
+def default_methods(P=None, logit_scale: float = 100.0, pool_views: torch.Tensor | None = None) -> dict[str, Callable]:
     """The feature-space methods of notebook 04, each ``fn(xs, ys, xq, T, seed) -> (probs, n_params)``.
 
     ``xs, ys``: support features/labels; ``xq``: query (test) features; ``T``: text weights.
+    ``pool_views`` (``(V, N_pool, D)``, from :func:`augmented_views`): features of ``V`` augmented views of
+    every pool image; when given, Tip-Adapter-F follows the paper's recipe (see :func:`fit_tip_adapter_f`)
+    and receives the support indices (``fn.wants_index = True``).
     """
     P = P or runtime.get_profile()
     S = P.section("few_shot")
@@ -129,12 +132,13 @@ def default_methods(P=None, logit_scale: float = 100.0) -> dict[str, Callable]:
         with torch.no_grad():
             return m(xq).softmax(-1), 0
 
-    def tipf(xs, ys, xq, T, seed):
-        m = tip_adapter.TipAdapter(T, xs, ys, logit_scale=logit_scale, finetune=True)
-        m.search_hparams(xs, ys, S.tip_alphas, S.tip_betas, leave_one_out=True)
-        train_on_features(m, xs, ys, epochs=max(S.epochs // 3, 1), lr=S.lr, batch_size=S.batch_size, seed=seed)
+    def tipf(xs, ys, xq, T, seed, index=None):
+        views = pool_views[:, index] if (pool_views is not None and index is not None) else None
+        m = fit_tip_adapter_f(T, xs, ys, views=views, logit_scale=logit_scale, seed=seed, P=P)
         with torch.no_grad():
             return m(xq).softmax(-1), count_parameters(m, trainable=True)
+
+    tipf.wants_index = pool_views is not None
 
     def trans(xs, ys, xq, T, seed):
         z = transclip.transclip(xq, T, support=xs, support_labels=ys, logit_scale=logit_scale, iters=S.transclip_iters)
@@ -186,7 +190,8 @@ def run_benchmark(
             runtime.seed_everything(s)
             with single_thread():
                 t0 = time.perf_counter()
-                probs, n_params = fn(xs, ys, test_x, T, s)
+                extra = {"index": torch.as_tensor(idx)} if getattr(fn, "wants_index", False) else {}
+                probs, n_params = fn(xs, ys, test_x, T, s, **extra)
                 dt = time.perf_counter() - t0
             m = score_predictions(test_y, np.asarray(probs, dtype=np.float64))
             rows.append(dict(dataset=dataset, method=name, shots=k, seed=s, **m, params=int(n_params), seconds=dt))
@@ -203,7 +208,8 @@ def summarise(df, metric: str = "accuracy"):
 
 
 # --------------------------------------------------------------------------- tasks
-def load_task(source: str, bb, P=None, *, centers=None, test_centers=None, seed: int = 0, progress: bool = False) -> dict:
+def load_task(source: str, bb, P=None, *, centers=None, test_centers=None, seed: int = 0, progress: bool = False,
+              aug_views: int = 0) -> dict:
     """Benign-vs-malignant few-shot task with cached features.
 
     ``source="sonosynth"``: a training pool of ``P.n_train`` and a test split of ``P.n_test``
@@ -212,7 +218,8 @@ def load_task(source: str, bb, P=None, *, centers=None, test_centers=None, seed:
     images per class, split 50/50 (stratified, seeded) into pool and test.
 
     Returns ``dict(pool_x, pool_y, test_x, test_y, pool_images, test_images, info, test_anatomy)`` with
-    L2-normalised features from :func:`course_lib.models.feature_cache.cached_image_features`.
+    L2-normalised features from :func:`course_lib.models.feature_cache.cached_image_features`; with
+    ``aug_views > 0`` also ``pool_views`` ``(aug_views, N_pool, D)``, features of augmented views (Tip-Adapter-F).
     """
     from course_lib.data.common import split_indices
     from course_lib.models.feature_cache import cached_image_features
@@ -246,8 +253,12 @@ def load_task(source: str, bb, P=None, *, centers=None, test_centers=None, seed:
         raise ValueError(f"unknown few-shot source {source!r}; choose 'sonosynth' or 'busi'")
     px = cached_image_features(bb, pool_img, dataset=tag, split="pool", seed=seed, progress=progress)
     tx = cached_image_features(bb, test_img, dataset=test_tag, split="test", seed=seed, progress=progress)
-    return dict(pool_x=px, pool_y=pool_y, test_x=tx, test_y=test_y, pool_images=pool_img, test_images=test_img, info=info,
-                test_anatomy=test_anatomy)
+    out = dict(pool_x=px, pool_y=pool_y, test_x=tx, test_y=test_y, pool_images=pool_img, test_images=test_img, info=info,
+               test_anatomy=test_anatomy)
+    if aug_views:
+        out["pool_views"] = augmented_views(bb, pool_img, n_views=aug_views, seed=seed, dataset=tag, split="pool",
+                                            progress=progress)
+    return out
 
 
 def coop_method(bb, *, steps: int, lr: float = 2e-3, batch_size: int = 32, ctx_init: str | None = COOP_CTX_INIT,
@@ -526,3 +537,68 @@ def plot_transduction_clusters(features: torch.Tensor, labels, anatomy, text_wei
     plt.tight_layout()
     plt.show()
     return out
+
+
+# --------------------------------------------------------------------------- Tip-Adapter-F, the paper's recipe
+def augmented_views(bb, images, *, n_views: int = 10, seed: int = 0, dataset: str, split: str,
+                    scale: tuple[float, float] = (0.5, 1.0), progress: bool = False) -> torch.Tensor:
+    """Features ``(n_views, N, D)`` of ``n_views`` random augmentations of every image (random resized crop
+    with area fraction in ``scale`` + horizontal flip, as Tip-Adapter builds and trains its cache),
+    through the feature cache (one entry per view). Seeded: the same views every call."""
+    from course_lib.models.feature_cache import cached_image_features
+
+    imgs = torch.as_tensor(np.asarray(images), dtype=torch.float32)
+    if imgs.ndim != 3:
+        raise ValueError(f"images must be (N, H, W), got {tuple(imgs.shape)}")
+    N, H, W = imgs.shape
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for v in range(n_views):
+        frac = torch.empty(N).uniform_(*scale, generator=g).sqrt()
+        hs, ws = (frac * H).long().clamp(min=8), (frac * W).long().clamp(min=8)
+        views = []
+        for i in range(N):
+            top = int(torch.randint(0, H - int(hs[i]) + 1, (1,), generator=g))
+            left = int(torch.randint(0, W - int(ws[i]) + 1, (1,), generator=g))
+            crop = imgs[i, top:top + int(hs[i]), left:left + int(ws[i])]
+            crop = torch.nn.functional.interpolate(crop[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
+            if bool(torch.rand(1, generator=g) < 0.5):
+                crop = crop.flip(-1)
+            views.append(crop)
+        out.append(cached_image_features(bb, torch.stack(views).numpy(), dataset=f"{dataset}-aug{seed}-{v}",
+                                         split=split, seed=seed, progress=progress))
+    return torch.stack(out)
+
+
+def fit_tip_adapter_f(T: torch.Tensor, xs: torch.Tensor, ys, *, views: torch.Tensor | None = None,
+                      logit_scale: float = 100.0, seed: int = 0, P=None):
+    """Tip-Adapter-F (Zhang et al., ECCV 2022, Sec. 3.3): cache keys fine-tuned with cross-entropy, values and
+    text frozen, then ``alpha, beta`` searched again *after* fine-tuning (the support features scored against
+    the keys without their own, or the paper's defaults at one shot).
+
+    With ``views`` (``(V, n, D)`` features of ``V`` augmented views of the ``n`` support images) the keys start
+    at the mean of the views and every training step sees a random view of each sample, as in the paper;
+    without them the keys are the support features themselves (each sample then matches its own key with
+    affinity 1 during training). The model records ``hparam_history`` (before / after fine-tuning).
+    """
+    P = P or runtime.get_profile()
+    S = P.section("few_shot")
+    keys = torch.nn.functional.normalize(views.mean(0), dim=-1) if views is not None else xs
+    m = tip_adapter.TipAdapter(T, keys, ys, logit_scale=logit_scale, finetune=True)
+    history = [m.search_hparams(xs, ys, S.tip_alphas, S.tip_betas, leave_one_out=True)]
+    epochs = max(S.epochs // 3, 1)
+    if views is None:
+        train_on_features(m, xs, ys, epochs=epochs, lr=S.lr, batch_size=S.batch_size, seed=seed)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        V, n = views.shape[0], views.shape[1]
+
+        def pick_view(ib):  # a random augmented view of each sample in the mini-batch
+            i = ib.long()
+            return views[torch.randint(0, V, (len(i),), generator=g), i]
+
+        train_on_features(m, torch.arange(n, dtype=torch.float32)[:, None], ys, epochs=epochs, lr=S.lr,
+                          batch_size=S.batch_size, seed=seed, encode=lambda ib: pick_view(ib[:, 0]))
+    history.append(m.search_hparams(xs, ys, S.tip_alphas, S.tip_betas, leave_one_out=True))
+    m.hparam_history = history
+    return m

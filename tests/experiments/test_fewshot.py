@@ -169,3 +169,29 @@ def test_train_prompt_predictor_budget_override():
     p_cheap = train_prompt_predictor(bb, xs, ys, seed=0, C=C, steps=1, batch_size=2)(xs)
     assert torch.allclose(p_prof.sum(1), torch.ones(8), atol=1e-5)
     assert torch.allclose(p_prof, p_same) and not torch.allclose(p_prof, p_cheap)
+
+
+def test_tip_adapter_f_with_augmented_views_and_search_after_training():
+    """Issue 12 defect 3: keys from augmented views, training on random views, alpha/beta searched again after
+    fine-tuning; the runner hands Tip-F the support indices when pool views are given."""
+    from course_lib import runtime
+    from course_lib.experiments.fewshot import fit_tip_adapter_f
+
+    P = runtime.get_profile("quick")
+    x, y, t = toy(n_per_class=4)
+    g = torch.Generator().manual_seed(1)
+    views = F.normalize(x[None] + 0.3 * torch.randn(5, *x.shape, generator=g), dim=-1)  # 5 views per sample
+    m_views = fit_tip_adapter_f(t, x, y, views=views, logit_scale=20.0, seed=0, P=P)
+    m_plain = fit_tip_adapter_f(t, x, y, logit_scale=20.0, seed=0, P=P)
+    assert len(m_views.hparam_history) == 2 and m_views.hparam_source == "leave-one-out on the support set"
+    assert not torch.allclose(m_views.keys, m_plain.keys)
+    assert m_views.keys.requires_grad and m_views.keys.shape == x.shape
+    one = torch.tensor([0, 4, 8])
+    m1 = fit_tip_adapter_f(t, x[one], y[one], views=views[:, one], logit_scale=20.0, seed=0, P=P)
+    assert m1.hparam_history == [(1.0, 5.5), (1.0, 5.5)]
+    # the runner passes the support indices to Tip-F when pool views are given
+    pool_views = F.normalize(x[None].repeat(3, 1, 1), dim=-1)
+    methods = {k: v for k, v in default_methods(P, logit_scale=20.0, pool_views=pool_views).items() if k == "Tip-Adapter-F"}
+    q, yq, _ = toy(n_per_class=3, seed=2)
+    df = run_benchmark(x, y.numpy(), q, yq.numpy(), t, shots=(2,), seeds=(0,), methods=methods, progress=False)
+    assert df["params"].tolist() == [2 * K * D]
