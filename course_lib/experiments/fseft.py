@@ -33,6 +33,12 @@ and checkpoint, and otherwise re-runs :func:`run_sweep` and stores the result un
 ``runtime.cache_dir("fseft")``. Rebuild the committed file with::
 
     python -m course_lib.experiments.fseft --profile quick --out course_lib/assets/fseft_quick.json
+
+The controls of issue 13 (ARENA vs LoRA at equal starting rank, ARENA over lambda with lambda = 0, the
+decoder frozen / tuned as a separate factor; :func:`run_controls`) are cached the same way in
+``course_lib/assets/fseft_controls_<profile>.json``::
+
+    python -m course_lib.experiments.fseft --profile quick --controls --out course_lib/assets/fseft_controls_quick.json
 """
 from __future__ import annotations
 

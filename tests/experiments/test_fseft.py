@@ -133,3 +133,33 @@ def test_committed_sweep_matches_current_code():
     n_tasks = len(S.tasks) - len(data["skipped"])
     assert len(data["rows"]) == n_tasks * len(S.shots) * len(S.seeds) * len(pv.METHODS)
     assert fseft.results(P, verbose=False)["rows"] == data["rows"]  # served from the asset, no rebuild
+
+
+def test_committed_controls_match_current_code_and_tables():
+    """The committed controls (ARENA over lambda incl. 0, decoder frozen/tuned) come from the current code, and
+    the de-confounded tables build from them: equal starting rank means trainable counts that differ only by v."""
+    P = runtime.get_profile("quick")
+    asset = runtime.PACKAGE_DIR / "assets" / "fseft_controls_quick.json"
+    if not asset.exists():
+        pytest.fail(f"{asset} is missing: run python -m course_lib.experiments.fseft --profile quick --controls --out {asset}")
+    ctrl = json.loads(asset.read_text())
+    assert ctrl["fingerprint"] == fseft.controls_fingerprint(P), "re-run the controls command (see fseft.run_controls)"
+    C = P.section("fseft_controls")
+    assert len(ctrl["lam_rows"]) == len(C.tasks) * len(C.seeds) * len(C.arena_lams)
+    n_dec = sum(2 if m in ("bitfit", "affine_ln") else 1 for m in C.decoder_methods)
+    assert len(ctrl["decoder_rows"]) == len(C.tasks) * len(C.seeds) * n_dec
+    sweep = json.loads((runtime.PACKAGE_DIR / "assets" / "fseft_quick.json").read_text())
+    summ, paired = fseft.arena_vs_lora(sweep, ctrl)
+    assert (summ.n_seeds == len(C.seeds)).all() and len(paired) == len(C.tasks) * len(C.seeds)
+    top = ctrl["arena_rank"]
+    for t in C.tasks:
+        lo = summ[(summ.task == t) & (summ.config == f"LoRA r={top}")].trainable.iloc[0]
+        ar = summ[(summ.task == t) & (summ.config == f"ARENA r={top}, λ=0")].trainable.iloc[0]
+        assert ar - lo == top * 4 * 4  # 4 blocks x (qkv, out, c_fc, c_proj): one v of length r each
+        lam0 = summ[(summ.task == t) & (summ.config == f"ARENA r={top}, λ=0")].eff_rank.iloc[0]
+        assert lam0 == top  # no penalty: nothing is pruned
+    rl = fseft.rank_vs_lambda(ctrl)
+    for _, d in rl.groupby("task"):
+        assert d.sort_values("lam").eff_rank.is_monotonic_decreasing  # a larger penalty never keeps more directions
+    dec = fseft.decoder_factor(sweep, ctrl)
+    assert set(dec.decoder) == {"frozen", "tuned", "frozen (default)", "partly tuned (default)"}

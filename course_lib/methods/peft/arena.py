@@ -111,7 +111,7 @@ def apply_arena(
     targets: Sequence[str] = ("attn",),
     blocks: Iterable[int] | None = None,
 ) -> nn.Module:
-    """Attach ARENA updates (in place) to the same weights :func:`~course_lib.methods.lora.apply_lora`
+    """Attach ARENA updates (in place) to the same weights :func:`~course_lib.methods.peft.lora.apply_lora`
     would adapt, freeze everything else; returns ``module``. Only ``A, B, v`` are trainable."""
     model = unwrap_model(module)
     if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:

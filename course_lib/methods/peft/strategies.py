@@ -306,6 +306,13 @@ def build_lora(fm, head, lr, cfg) -> Build:
 # endregion
 
 
+@register("adaptformer", "additive PEFT")
+def build_adaptformer(fm, head, lr, cfg) -> Build:
+    """AdaptFormer's parallel MLP branch in every block (:func:`apply_adaptformer`)."""
+    apply_adaptformer(fm, cfg["adaptformer_dim"], cfg["adaptformer_scale"])
+    return Build([{"params": _trainable_of(fm), "lr": lr, "name": "adaptformer"}])
+
+
 # region: peft-arena-strategy
 @register("arena", "additive PEFT")
 def build_arena(fm, head, lr, cfg) -> Build:
@@ -321,13 +328,6 @@ def build_arena(fm, head, lr, cfg) -> Build:
     return Build([{"params": _trainable_of(fm), "lr": lr, "name": "arena"}], after_step=after_step,
                  info=dict(rank=cfg["arena_rank"], lam=lam, warmup=start))
 # endregion
-
-
-@register("adaptformer", "additive PEFT")
-def build_adaptformer(fm, head, lr, cfg) -> Build:
-    """AdaptFormer's parallel MLP branch in every block (:func:`apply_adaptformer`)."""
-    apply_adaptformer(fm, cfg["adaptformer_dim"], cfg["adaptformer_scale"])
-    return Build([{"params": _trainable_of(fm), "lr": lr, "name": "adaptformer"}])
 
 
 @register("decoder_only", "fine-tuning")
