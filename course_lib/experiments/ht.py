@@ -1,18 +1,34 @@
-"""Experiment runners of the HT notebook: BUSI task tensors with a seeded split, and one "build, train, predict"
-run per method with the HT recipe (course_lib.methods.ht.recipe). Used by notebook 09 (§4–§7).
+"""Experiment runners of the HT notebook: BUSI task tensors, seeded "build, train, predict" runs, HT's two stages
+chained, the multi-seed Tables V/VI and IV analogues with mean ± sd. Used by notebook 09 (§4–§7).
 """
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .. import runtime
+from .. import metrics, runtime, train
 from ..data import busi, common
 from ..methods.ht import recipe
 
-__all__ = ["BusiTasks", "busi_tasks", "run"]
+__all__ = ["BusiTasks", "busi_tasks", "run", "STAGE1_KINDS", "TABLE_METHODS", "stage1", "seg_scores", "auc_interval",
+           "compare", "data_ratio", "mean_sd"]
+
+#: stage-1 variants: name -> (stage1_image_text kind, text_lora)
+STAGE1_KINDS = {"ht": ("ht", False), "lora_vt": ("lora", True)}
+
+#: rows of the Tables V/VI analogue: label -> (build_model method, stage-1 variant or None = single-stage)
+TABLE_METHODS = {
+    "frozen + heads": ("frozen", None),
+    "LoRA (V)": ("lora", None),
+    "LoRA (V+T), two-stage": ("lora", "lora_vt"),
+    "Mona": ("mona", None),
+    "HT, single-stage": ("ht", None),
+    "HT, two-stage": ("ht", "ht"),
+}
 
 
 @dataclass
@@ -72,16 +88,156 @@ def busi_tasks(bb, S, seed: int = 0, path=None) -> BusiTasks:
     )
 
 
-def run(bb, S, method: str, task: str, X, Y, X_test, seed: int = 0, epochs: int | None = None, **extra):
-    """Seed everything, build ``method`` (:func:`recipe.build_model`, sizes from ``S``), train it with the HT
-    recipe (:func:`recipe.fit_task`) and predict class-1 probabilities on ``X_test``.
+def run(bb, S, method: str, task: str, X, Y, X_test, seed: int = 0, epochs: int | None = None, init=None, **extra):
+    """Seed everything, build ``method`` (:func:`recipe.build_model`, sizes from ``S``; ``init`` = stage-1 adapters
+    for a two-stage run), train it with the HT recipe (:func:`recipe.fit_task`) and predict class-1 probabilities
+    on ``X_test``.
 
     Returns ``(model, history, probabilities)``. ``extra`` goes to ``fit_task`` (``steps=``, ``progress=``...).
     """
     runtime.seed_everything(seed)
     model = recipe.build_model(bb, method, task, bottleneck=S.bottleneck, d_red=S.d_red, cls_hidden=S.cls_hidden,
-                               lora_rank=S.lora_rank)
+                               lora_rank=S.lora_rank, init=init)
     extra.setdefault("desc", f"{method}/{task}")
     hist = recipe.fit_task(model, X, Y, epochs=epochs or S.epochs, batch_size=S.batch_size, lr=S.lr,
                            weight_decay=S.weight_decay, betas=S.betas, seed=seed, **extra)
     return model, hist, recipe.predict_proba(model, X_test)
+
+
+def stage1(bb, S, variant: str, images, tokens, seed: int = 0):
+    """HT's first stage on a deep copy of ``bb.model`` (``bb`` is left unchanged): ``variant`` in :data:`STAGE1_KINDS`
+    (``"ht"``: HT adapters in the vision tower; ``"lora_vt"``: LoRA in the vision and text towers), trained with
+    InfoNCE on preprocessed ``images`` and tokenised reports for ``S.stage1_steps`` steps, seeded.
+
+    Returns ``(state, history, clip)``: the vision tower's adaptation tensors (``build_model(init=state)`` starts
+    stage 2 from them), the training history and the adapted CLIP copy (for zero-shot evaluation).
+    """
+    if variant not in STAGE1_KINDS:
+        raise ValueError(f"unknown stage-1 variant {variant!r}; choose one of {sorted(STAGE1_KINDS)}")
+    kind, text_lora = STAGE1_KINDS[variant]
+    runtime.seed_everything(seed)  # adapter initialisation draws from the global RNG
+    clip = copy.deepcopy(bb.model)
+    hist = recipe.stage1_image_text(clip, images, tokens, steps=S.stage1_steps, batch_size=min(32, len(images)),
+                                    lr=S.lr, weight_decay=S.weight_decay, betas=S.betas, kind=kind,
+                                    bottleneck=S.bottleneck, lora_rank=S.lora_rank, text_lora=text_lora, seed=seed,
+                                    progress=False)
+    return recipe.adapter_state(clip.visual), hist, clip
+
+
+def seg_scores(pred, target) -> dict[str, float]:
+    """Segmentation metrics with the empty predictions made visible (an empty prediction costs the image diagonal
+    in HD95/ASD and dominates their mean): ``dice``, ``iou``, ``hd95``/``asd`` (one mask empty -> image diagonal,
+    as :func:`course_lib.metrics.segmentation`), ``empty`` (number of images with an empty prediction while the
+    lesion is not empty) and ``hd95_nonempty``/``asd_nonempty`` (means over the images where both masks are
+    non-empty; NaN when there is none). Surface distances are computed once (MONAI) and reused for both."""
+    pred, target = np.asarray(pred).astype(bool), np.asarray(target).astype(bool)
+    diag = math.hypot(*pred.shape[-2:])
+    one_empty = pred.any((1, 2)) ^ target.any((1, 2))
+    out = {"dice": float(metrics.dice(pred, target).mean()), "iou": float(metrics.iou(pred, target).mean())}
+    for k, fn in (("hd95", metrics.hd95), ("asd", metrics.asd)):
+        v = fn(pred, target, one_empty="nan")
+        out[k] = float(np.where(one_empty, diag, v).mean())
+        out[f"{k}_nonempty"] = float(np.nanmean(v)) if np.isfinite(v).any() else math.nan
+    out["empty"] = int((~pred.any((1, 2)) & target.any((1, 2))).sum())
+    return out
+
+
+def auc_interval(y_true, y_score, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the ROC-AUC over test images (resampled with replacement; resamples with a
+    single class are skipped)."""
+    from sklearn.metrics import roc_auc_score
+
+    y, p = np.asarray(y_true), np.asarray(y_score)
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        if len(np.unique(y[i])) == 2:
+            vals.append(roc_auc_score(y[i], p[i]))
+    lo, hi = np.quantile(vals, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def compare(bb, S, tasks: BusiTasks, pair_images, pair_tokens, seeds=None, methods=None, progress: bool = True):
+    """Tables V/VI analogue: every method of ``methods`` (default :data:`TABLE_METHODS`) on BUSI segmentation and
+    classification, for every seed of ``seeds`` (default ``S.seeds``). Two-stage rows run stage 1
+    (:func:`stage1`) on the image–report pairs and start stage 2 from its adapters; stage 1 uses the same seed when
+    it is in ``S.stage1_seeds`` (one stage 1 per seed), else the first of them (one stage 1 shared by all seeds).
+
+    Returns ``(runs, extras)``: a long ``pandas.DataFrame`` (one row per method, task and seed: trainable parameters,
+    seconds per step and the metrics of :func:`seg_scores` / ``metrics.classification``) and a dict with the
+    first seed's segmentation masks (``seg_pred``) and class probabilities (``cls_prob``), the stage-1 histories
+    (``stage1``, keyed by ``(variant, stage-1 seed)``) and the first stage-1 CLIP copy of each variant (``stage1_clip``).
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    seeds = tuple(S.seeds if seeds is None else seeds)
+    stage1_seeds = tuple(getattr(S, "stage1_seeds", seeds))
+    methods = dict(TABLE_METHODS if methods is None else methods)
+    rows, extras = [], {"seg_pred": {}, "cls_prob": {}, "stage1": {}, "stage1_clip": {}}
+    jobs = [(s, label) for s in seeds for label in methods]
+    states: dict = {}
+    for seed, label in tqdm(jobs, desc="Tables V/VI (methods x seeds)", disable=not progress):
+        method, variant = methods[label]
+        init = None
+        if variant is not None:
+            s1 = seed if seed in stage1_seeds else stage1_seeds[0]  # shared stage 1 when the profile says so
+            if (variant, s1) not in states:
+                st, hist, clip = stage1(bb, S, variant, pair_images, pair_tokens, seed=s1)
+                states[(variant, s1)] = st
+                extras["stage1"][(variant, s1)] = hist
+                if variant not in extras["stage1_clip"]:
+                    extras["stage1_clip"][variant] = clip  # the first stage-1 CLIP of each variant (zero-shot in §7)
+            init = states[(variant, s1)]
+        for task, X, Y, X_te, Y_te in (("seg", tasks.seg_train_x, tasks.seg_train_y, tasks.seg_test_x, tasks.seg_test_y),
+                                       ("cls", tasks.cls_train_x, tasks.cls_train_y, tasks.cls_test_x, tasks.cls_test_y)):
+            model, hist, prob = run(bb, S, method, task, X, Y, X_te, seed=seed, init=init, progress=False)
+            row = {"method": label, "task": task, "seed": seed,
+                   "trainable params": train.count_parameters(model, trainable=True),
+                   "s/step": hist["seconds_per_step"]}
+            if task == "seg":
+                row.update(seg_scores(prob > 0.5, Y_te))
+            else:
+                row.update(metrics.classification(Y_te, prob))
+            if seed == seeds[0]:
+                extras["seg_pred" if task == "seg" else "cls_prob"][label] = (prob > 0.5) if task == "seg" else prob
+            rows.append(row)
+    return pd.DataFrame(rows), extras
+
+
+def data_ratio(bb, S, tasks: BusiTasks, methods=("frozen", "ht"), ratios=None, seeds=None, progress: bool = True):
+    """Table IV analogue on BUSI segmentation: train on a seeded random fraction ``r`` of the training split for
+    every ratio below 1 (ratio 1 is the full-data run of :func:`compare`), with the **same number of updates** as a
+    full-data run (``S.epochs`` epochs of the full split), so only the amount of labelled data changes.
+    Returns a long ``pandas.DataFrame`` (method, ratio, n_train, seed and :func:`seg_scores`)."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    ratios = tuple(S.ratios if ratios is None else ratios)
+    seeds = tuple(S.seeds if seeds is None else seeds)
+    X, Y = tasks.seg_train_x, tasks.seg_train_y
+    steps = S.epochs * math.ceil(len(X) / min(S.batch_size, len(X)))
+    rows = []
+    jobs = [(r, m, s) for r in ratios if r < 1 for m in methods for s in seeds]
+    if not jobs:
+        return pd.DataFrame(columns=["method", "ratio", "n_train", "seed", "steps", "dice", "iou", "hd95", "asd",
+                                     "hd95_nonempty", "asd_nonempty", "empty"])
+    for r, m, s in tqdm(jobs, desc="Table IV (ratio x method x seed)", disable=not progress):
+        n = max(2, int(round(r * len(X))))
+        idx = torch.randperm(len(X), generator=torch.Generator().manual_seed(s))[:n]
+        _, _, prob = run(bb, S, m, "seg", X[idx], Y[idx], tasks.seg_test_x, seed=s, steps=steps, progress=False)
+        rows.append({"method": m, "ratio": r, "n_train": n, "seed": s, "steps": steps,
+                     **seg_scores(prob > 0.5, tasks.seg_test_y)})
+    return pd.DataFrame(rows)
+
+
+def mean_sd(df, by, cols, fmt: str = "{:.3f} ± {:.3f}"):
+    """``(text, mean, sd)``: per-group mean and sample sd (ddof=1, over seeds) of ``cols``; ``text`` holds
+    ``"mean ± sd"`` strings for display, ``mean``/``sd`` the numbers (for prose generated from them)."""
+    g = df.groupby(by, sort=False)[list(cols)]
+    mean, sd = g.mean(), g.std(ddof=1)
+    text = mean.copy().astype(object)
+    for c in cols:
+        text[c] = [fmt.format(m, d) for m, d in zip(mean[c], sd[c])]
+    return text, mean, sd

@@ -10,6 +10,9 @@ intermediate blocks of the ViT — blocks 3, 6 and 9 of a 12-block ViT-B/16, cou
     R_l = Linear'_l(LayerNorm_l(P_l))         refine
     F_agg = Σ_l R_l                           reshaped to (B, d_red, H, W)
 
+The paper calls the refinement "a non-linear block consisting of LayerNorm and linear layers" and names no
+activation; LayerNorm is the non-linearity (it divides each token by its own standard deviation), so we add none.
+
 Heads:
 
 * :class:`SegmentationHead` — 1×1 convolution to class logits and bilinear upsampling to the input

@@ -146,7 +146,7 @@ def test_stage1_trains_only_visual_adapters(tiny_clip):
     out = at.stage1_image_text(clip, X, toks, steps=2, batch_size=4, bottleneck=4, progress=False)
     n_blocks = len(clip.visual.transformer.resblocks)
     assert out["trainable"] == 2 * n_blocks * ht_params(clip.visual.transformer.width, 4)
-    assert count_parameters(clip, trainable=True) == out["trainable"]
+    assert count_parameters(clip, trainable=True) == out["trainable"] and len(out["loss"]) == 2
     for n, p in clip.named_parameters():
         if n in text_before:
             assert torch.equal(p, text_before[n]), n
@@ -154,6 +154,62 @@ def test_stage1_trains_only_visual_adapters(tiny_clip):
     assert probs.shape == (6, 2) and torch.allclose(torch.as_tensor(probs).sum(1), torch.ones(6), atol=1e-5)
     with pytest.raises(ValueError, match="image-report pairs"):
         at.stage1_image_text(clip, X[:1], toks[:1], steps=1)
+    with pytest.raises(ValueError, match="LoRA \\(V\\+T\\)"):
+        at.stage1_image_text(copy.deepcopy(tiny_clip), X, toks, steps=1, text_lora=True)
+
+
+def test_stage1_lora_vision_and_text(tiny_clip):
+    """LoRA (V+T): LoRA on the attention of every vision and text block; only LoRA tensors change."""
+    import copy
+
+    from course_lib.methods.peft.lora import expected_lora_params
+
+    clip = copy.deepcopy(tiny_clip)
+    before = {n: p.clone() for n, p in clip.named_parameters()}
+    X = torch.randn(6, 3, 64, 64)
+    toks = torch.randint(1, 100, (6, clip.context_length))
+    out = at.stage1_image_text(clip, X, toks, steps=2, batch_size=4, kind="lora", lora_rank=2, text_lora=True,
+                               lr=1e-2, progress=False)
+    n_vis = expected_lora_params(tiny_clip.visual, 2)
+    d_txt, n_txt_blocks = tiny_clip.transformer.width, len(tiny_clip.transformer.resblocks)
+    n_txt = n_txt_blocks * (2 * (d_txt + 3 * d_txt) + 2 * (d_txt + d_txt))
+    assert out["trainable"] == n_vis + n_txt == count_parameters(clip, trainable=True)
+    # every pre-existing weight keeps its value (peft renames a wrapped layer's weights to ...base_layer...; its
+    # MultiheadAttention wrapper adds and removes the LoRA delta around each forward, which leaves float round-off)
+    params = dict(clip.named_parameters())
+    for n, p in before.items():
+        m = n if n in params else n.replace(".attn.", ".attn.base_layer.").replace("out_proj.", "out_proj.base_layer.")
+        assert not params[m].requires_grad and torch.allclose(params[m], p, atol=1e-6), n
+    moved_b = [n for n, p in params.items() if "lora_B" in n and p.abs().sum() > 0]  # B starts at 0
+    assert any(n.startswith("transformer.") for n in moved_b) and any(n.startswith("visual.") for n in moved_b)
+
+
+@pytest.mark.parametrize("kind", ["ht", "lora"])
+def test_two_stage_init_loads_stage1_adapters(tiny_clip, kind):
+    """Stage 2 starts from the stage-1 tensors exactly (blocks above the deepest aggregated one are dropped)."""
+    import copy
+
+    clip = copy.deepcopy(tiny_clip)
+    X = torch.randn(6, 3, 64, 64)
+    toks = torch.randint(1, 100, (6, clip.context_length))
+    at.stage1_image_text(clip, X, toks, steps=2, batch_size=4, kind=kind, bottleneck=4, lora_rank=2, lr=1e-2,
+                         progress=False)
+    state = at.adapter_state(clip.visual)
+    model = at.build_model(tiny_clip, kind, "seg", bottleneck=4, d_red=8, lora_rank=2, init=state)
+    own = {n: p for n, p in model.visual.named_parameters() if ".adapters." in n or "lora_" in n}
+    assert own and set(own) < set(state)  # stage 1 adapted all 4 blocks, stage 2 uses blocks 0..2
+    assert all(torch.equal(p, state[n]) for n, p in own.items())
+    assert any(not torch.all(p == 0) for n, p in own.items() if n.endswith(("up.weight", "lora_B.default.weight")))
+    fresh = at.build_model(tiny_clip, kind, "seg", bottleneck=4, d_red=8, lora_rank=2)
+    assert not all(torch.equal(p, own[n]) for n, p in fresh.visual.named_parameters() if n in own)
+    with pytest.raises(ValueError, match="same bottleneck"):
+        at.build_model(tiny_clip, kind, "seg", bottleneck=8, d_red=8, lora_rank=4, init=state)
+    with pytest.raises(ValueError, match="no stage-1 value"):
+        at.build_model(tiny_clip, "ht_global" if kind == "ht" else "ht", "seg", bottleneck=4, d_red=8, init=state)
+    with pytest.raises(ValueError, match="frozen"):
+        at.build_model(tiny_clip, "frozen", "seg", d_red=8, init=state)
+    with pytest.raises(ValueError, match="no adapters"):
+        at.adapter_state(tiny_clip.visual)
 
 
 def test_estimate_step_cost_on_meta_device(tiny_vit):
