@@ -5,6 +5,7 @@
     python tools/stall_check.py -n 30 notebooks/02_*.ipynb     # another notebook
     python tools/stall_check.py --course 5                     # the whole course (notebooks/), 5 times
     python tools/stall_check.py -n 60 --stock --cell-timeout 60  # stock nbclient (to reproduce the stall)
+    python tools/stall_check.py -n 8 --stock --cell-timeout 20 --widget-stress 15   # reproduces it in minutes
 
 A run counts as a **stall** when any kernel message (the cell's ``execute_reply`` or an IOPub
 message) reached the client more than ``--late-after`` seconds after the kernel sent it, or when a
@@ -52,6 +53,19 @@ def _pyspy_watch(after: float, stop: threading.Event, log: list[str]) -> None:
         log.append(f"--- py-spy dump pid {pid} ---\n{r.stdout}{r.stderr}")
 
 
+def make_widget_stress(out: Path, copies: int = 15, source: Path = DEFAULT_NOTEBOOK) -> Path:
+    """Write a notebook of notebook 00's code cells up to its ipywidgets cell, then ``copies`` more copies
+    of that cell: the cell where the stall was caught, repeated to make a missed wake-up likely."""
+    import nbformat
+
+    nb = nbformat.read(source, as_version=4)
+    idx = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "widgets.interactive" in c.source)
+    cells = [c for c in nb.cells[: idx + 1] if c.cell_type == "code"]
+    nb.cells = cells + [nbformat.v4.new_code_cell(nb.cells[idx].source) for _ in range(copies)]
+    nbformat.write(nb, out)
+    return out
+
+
 def check_run(res: rc.RunResult, late_after: float) -> bool:
     """True when this run stalled (see module docstring)."""
     return res.kind in ("cell-timeout", "notebook-cap") or res.max_lag > late_after
@@ -72,12 +86,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pyspy", action="store_true", help="py-spy dump both processes of a run that is still going")
     ap.add_argument("--dump-after", type=float, default=60.0)
     ap.add_argument("--json", type=Path, help="write the per-run rows here")
+    ap.add_argument("--widget-stress", type=int, default=0, metavar="K",
+                    help="run a generated notebook instead: notebook 00 up to its widgets cell, plus K copies of it")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("COURSE_PROFILE", "quick")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    if args.course:
+    if args.widget_stress:
+        import tempfile
+
+        stress = make_widget_stress(Path(tempfile.mkdtemp(prefix="stall-")) / "widget_stress.ipynb", args.widget_stress)
+        notebooks, rounds = [stress], args.runs
+    elif args.course:
         notebooks = rc.collect(args.paths or [str(ROOT / "notebooks")])
         rounds = args.course
     else:
@@ -133,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"stall-free: {rounds - stalls}/{rounds}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    if args.widget_stress:
+        notebooks[0].unlink(missing_ok=True)
     return 1 if stalls or failures else 0
 
 

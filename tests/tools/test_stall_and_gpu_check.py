@@ -60,3 +60,10 @@ def test_gpu_check_dry_run_writes_json_from_the_kernel_probe(tmp_path):
     assert row["status"] == "pass" and row["cells_run"] == 2
     assert row["device"] == "cpu" and row["amp_dtype"] is None and row["profile"] == "quick"
     assert row["peak_ram_mib"] > 8 and row["peak_gpu_mib"] is None
+
+
+def test_widget_stress_notebook_repeats_the_widgets_cell(tmp_path):
+    path = stall_check.make_widget_stress(tmp_path / "ws.ipynb", copies=3)
+    nb = nbformat.read(path, as_version=4)
+    assert sum("widgets.interactive" in c.source for c in nb.cells) == 4
+    assert all(c.cell_type == "code" for c in nb.cells)
