@@ -161,3 +161,36 @@ def plot_candidates(tyche, universeg, task, *, task_index: int = 0, support_size
     fig.suptitle(f"{task.name}, S = {support_size}", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def main(argv=None):
+    """Command line: the study on notebook 06's held-out SonoSynth tasks with the profile's sizes (``--sizes`` overrides
+    the support sizes); prints the summary and the table (the numbers of ``data_cards/tyche-tiny.md``)."""
+    import argparse
+    import time
+
+    from course_lib import runtime
+    from course_lib.data import seg_tasks
+    from course_lib.methods.segfm.checkpoint import load_pretrained
+    from course_lib.methods.segfm.tyche import load_tyche
+
+    ap = argparse.ArgumentParser(description="Tyche vs UniverSeg vs TTA on held-out SonoSynth tasks with simulated annotators.")
+    ap.add_argument("--profile", default="quick")
+    ap.add_argument("--sizes", type=int, nargs="*", default=None)
+    args = ap.parse_args(argv)
+    P = runtime.get_profile(args.profile)
+    U, TY = P.section("universeg"), P.section("tyche")
+    held = seg_tasks.held_out_tasks(n_per_group=U.real_pool + U.eval_queries, image_size=U.image_size)
+    held = held[:: max(1, len(held) // U.eval_tasks)][: U.eval_tasks][: TY.eval_tasks]  # notebook 06's tasks
+    t0 = time.perf_counter()
+    rows = run_tyche_study(load_tyche(device="cpu"), load_pretrained(device="cpu"), held,
+                           support_sizes=tuple(args.sizes or TY.support_sizes), seeds=TY.seeds, k=TY.candidates,
+                           n_annotators=TY.annotators, n_queries=TY.eval_queries, shift=TY.tta_shift)
+    print(f"{time.perf_counter() - t0:.0f} s on {[t.name for t in held]}")
+    summ = summary(rows)
+    print(summ.round(3).to_string())
+    print(table(summ).to_string())
+
+
+if __name__ == "__main__":
+    main()
