@@ -14,6 +14,7 @@ import numpy as np
 
 from course_lib import metrics
 from course_lib.methods.segfm import partial_labels as pl
+from course_lib.methods.segfm import universal_model as um
 
 VARIANT_NAMES = {"naive": "(a) naive softmax", "masked": "(b) masked sigmoid"}
 
@@ -42,6 +43,40 @@ def compare_losses(data: pl.PartialAssembly, test_images: np.ndarray, test_targe
     return rows, nets, preds
 
 
+def compare_universal(data: pl.PartialAssembly, test_images: np.ndarray, test_targets: np.ndarray, embeddings: dict, *,
+                      seeds: Sequence[int] = (0,), steps: int = 250, batch_size: int = 8, lr: float = 5e-3,
+                      features=(8, 16, 32, 32), progress: bool = True):
+    """The CLIP-driven universal model (:class:`universal_model.UniversalModel`, masked loss) once per
+    embedding kind (``{"text": (K, D), "random": ..., ...}``) and seed, scored like :func:`compare_losses`.
+    Returns ``(rows, nets, preds)`` with ``variant = "(c) universal: <kind>"`` (first seed kept)."""
+    if not len(seeds):
+        raise ValueError("compare_universal needs at least one seed, e.g. seeds=(0, 1, 2)")
+    rows, nets, preds = [], {}, {}
+    for kind, emb in embeddings.items():
+        name = f"(c) universal: {kind}"
+        for seed in seeds:
+            net, _ = pl.train_partial(data, "masked", steps=steps, batch_size=batch_size, lr=lr, seed=int(seed),
+                                      progress=progress, model_fn=lambda e=emb: um.UniversalModel(e, features=features))
+            pred = pl.predict_partial(net, test_images, "masked")
+            rows.append({"variant": name, "mode": f"universal-{kind}", "seed": int(seed),
+                         **pl.per_structure_dice(pred, test_targets, data.structures)})
+            if name not in nets:
+                nets[name], preds[name] = net, pred
+    return rows, nets, preds
+
+
+def wins(mean_table, sd_table, a: str, b: str, structures: Sequence[str], min_diff: float = 0.02) -> dict:
+    """How ``a`` compares with ``b`` per structure: ``better``/``worse`` when the means differ by more than
+    the larger seed sd and by more than ``min_diff`` Dice, else ``tie``;
+    returns ``{"better": [...], "worse": [...], "tie": [...]}``."""
+    out = {"better": [], "worse": [], "tie": []}
+    for s in structures:
+        d = mean_table.loc[a, s] - mean_table.loc[b, s]
+        margin = max(sd_table.loc[a, s], sd_table.loc[b, s], min_diff)
+        out["better" if d > margin else "worse" if d < -margin else "tie"].append(s)
+    return out
+
+
 def summarize_dice(rows, structures: Sequence[str], by: str = "variant"):
     """``(mean_table, sd_table, text_table)``: per ``by`` and structure (plus ``mean`` over structures)
     the mean and sample sd over seeds (:func:`course_lib.metrics.summarize`), and a ``"0.62 ± 0.03"`` table."""
@@ -62,10 +97,12 @@ def summarize_dice(rows, structures: Sequence[str], by: str = "variant"):
 
 
 def mean_probability_inside(nets: dict, images: np.ndarray, targets: np.ndarray, structures: Sequence[str],
-                            subsets: dict | None = None):
+                            subsets: dict | None = None, erode: int = 0):
     """Per structure, the mean probability each model gives the correct structure over the pixels where
     it really is: softmax probability of class k + 1 for ``"naive"``, sigmoid of channel k for ``"masked"``.
-    With ``subsets`` (the assembly's sub-datasets) also the share of studies that label the structure."""
+    With ``subsets`` (the assembly's sub-datasets) also the share of studies that label the structure, and
+    always the structure's mean area (share of image pixels). ``erode``: only pixels at least ``erode``
+    pixels inside the structure (its core; the boundary band is where localisation is uncertain)."""
     import pandas as pd
     import torch
 
@@ -81,7 +118,10 @@ def mean_probability_inside(nets: dict, images: np.ndarray, targets: np.ndarray,
     rows = []
     for k, name in enumerate(structures):
         inside = targets[:, k] > 0.5
-        row = {"structure": name}
+        if erode > 0:
+            t = torch.as_tensor(inside, dtype=torch.float32)[:, None]
+            inside = (-torch.nn.functional.max_pool2d(-t, 2 * erode + 1, 1, erode))[:, 0].numpy() > 0.5
+        row = {"structure": name, "area": float((targets[:, k] > 0.5).mean())}
         if subsets is not None:
             row["share of studies labelling it"] = float(np.mean([name in v for v in subsets.values()]))
         for mode, p in probs.items():

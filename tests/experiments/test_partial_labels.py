@@ -45,3 +45,14 @@ def test_busiest_orders_by_number_of_structures():
     T[1, :, 0, 0] = 1
     T[2, 0, 0, 0] = 1
     assert xp.busiest(T, 2).tolist() == [1, 2]
+
+
+def test_wins_needs_a_margin_larger_than_the_seed_sd():
+    import pandas as pd
+
+    mean = pd.DataFrame({"x": [0.8, 0.5], "y": [0.5, 0.48], "z": [0.1, 0.4]}, index=["b", "a"])
+    sd = pd.DataFrame({"x": [0.05, 0.05], "y": [0.05, 0.01], "z": [0.01, 0.1]}, index=["b", "a"])
+    assert xp.wins(mean, sd, "b", "a", ("x", "y", "z")) == {"better": ["x"], "worse": ["z"], "tie": ["y"]}
+    tiny_m = pd.DataFrame({"x": [0.003, 0.0]}, index=["b", "a"])
+    tiny_s = pd.DataFrame({"x": [0.003, 0.0]}, index=["b", "a"])
+    assert xp.wins(tiny_m, tiny_s, "b", "a", ("x",))["tie"] == ["x"]  # below min_diff: a tie

@@ -16,8 +16,8 @@ are kept in ``full_targets`` for evaluation only.
   ``sum_k w_nk`` as on the course slide, with no Dice term on annotated-but-absent structures
   (:func:`course_lib.losses.masked_bce_dice`),
 
-and :func:`per_structure_dice` compares them on fully labelled test images (every image counts: a
-false positive on an image without the structure scores 0; :func:`false_positive_rate` reports how often). See
+and :func:`per_structure_dice` compares them on fully labelled test images (pooled over all images, so
+false positives on images without the structure count; :func:`false_positive_rate` reports how often). See
 :mod:`course_lib.losses` for the maths and the references (Liu et al.,
 "CLIP-Driven Universal Model", ICCV 2023).
 """
@@ -35,8 +35,10 @@ from course_lib.train import fit
 
 runtime.register_section(
     "partial_labels",
-    quick=dict(image_size=64, n_train=240, n_test=60, steps=250, batch_size=8, lr=5e-3, features=(8, 16, 32, 32)),
-    full=dict(image_size=128, n_train=1500, n_test=300, steps=2000, batch_size=16, lr=2e-3, features=(16, 32, 64, 128, 256)),
+    quick=dict(image_size=64, n_train=240, n_test=60, steps=150, ct_steps=80, batch_size=8, lr=5e-3,
+               features=(8, 16, 32, 32), seeds=(0, 1, 2), controls=("text", "random")),
+    full=dict(image_size=128, n_train=1500, n_test=300, steps=2000, ct_steps=1000, batch_size=16, lr=2e-3,
+              features=(16, 32, 64, 128, 256), seeds=(0, 1, 2, 3, 4), controls=("text", "random", "one-hot")),
 )
 
 MODES = ("naive", "masked")
@@ -143,16 +145,21 @@ def train_partial(
     seed: int = 0,
     device=None,
     progress: bool = True,
+    model_fn=None,
 ):
     """Train a small MONAI UNet on the assembly with loss (a) ``"naive"`` or (b) ``"masked"``.
 
+    ``model_fn()`` (called after seeding) builds another K-output sigmoid model to train with the masked
+    loss instead, e.g. the CLIP-driven universal model (:mod:`.universal_model`); it needs ``mode="masked"``.
     Returns ``(net, losses)``. Only ``data.targets`` (hidden labels zeroed) and ``data.w`` are used.
     """
+    if model_fn is not None and mode != "masked":
+        raise ValueError(f"a custom model_fn has K sigmoid outputs and trains with the masked loss: use mode='masked', not {mode!r}")
     device = torch.device(device) if device is not None else runtime.get_device()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     K = len(data.structures)
-    net = build_net(mode, K, features).to(device)
+    net = (model_fn() if model_fn is not None else build_net(mode, K, features)).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     X = torch.as_tensor(data.images, device=device)[:, None]
@@ -195,22 +202,30 @@ def predict_partial(net, images: np.ndarray, mode: str, batch_size: int = 64) ->
     return np.concatenate(outs).astype(bool)
 
 
-def per_structure_dice(pred: np.ndarray, target: np.ndarray, structures: Sequence[str], images: str = "all") -> dict:
-    """Mean Dice (:func:`course_lib.metrics.dice`) per structure.
+def per_structure_dice(pred: np.ndarray, target: np.ndarray, structures: Sequence[str], images: str = "pooled") -> dict:
+    """Dice (:func:`course_lib.metrics.dice`) per structure on fully labelled test images.
 
-    ``images="all"`` (default): over every test image, with the course's empty-mask convention -- an
-    image without the structure scores 1 if nothing is predicted and 0 for any false positive, so a
-    head that over-predicts is penalised. ``images="present"``: only the images that show the structure
-    (false positives elsewhere are ignored; the former behaviour, kept for comparison).
+    * ``"pooled"`` (default): one Dice per structure over all test images together,
+      ``2 sum|P∩G| / (sum|P| + sum|G|)``: false positives on images *without* the structure enlarge the
+      denominator (an over-predicting head is penalised) and predicting nothing scores 0 (an empty head
+      is not rewarded), whatever the share of images that show the structure.
+    * ``"present"``: mean per-image Dice over the images that show the structure (false positives
+      elsewhere are ignored -- favours over-prediction; the former behaviour).
+    * ``"all"``: mean per-image Dice over every image with the empty-mask convention (1 for nothing
+      predicted where nothing is) -- rewards a head that predicts nothing on often-absent structures.
     """
-    if images not in ("all", "present"):
-        raise ValueError(f"images must be 'all' or 'present', got {images!r}")
+    if images not in ("pooled", "present", "all"):
+        raise ValueError(f"images must be 'pooled', 'present' or 'all', got {images!r}")
     pred, target = np.asarray(pred).astype(bool), np.asarray(target)
     if pred.shape != target.shape or pred.ndim != 4 or pred.shape[1] != len(structures):
         raise ValueError(f"pred and target must both be (N, K={len(structures)}, H, W), got {pred.shape} and {target.shape}")
     out = {}
+    N, _, H, W = pred.shape
     for k, name in enumerate(structures):
         t = target[:, k] > 0.5
+        if images == "pooled":
+            out[name] = float(metrics.dice(pred[:, k].reshape(N * H, W), t.reshape(N * H, W))[0])
+            continue
         keep = t.reshape(len(t), -1).any(1) if images == "present" else np.ones(len(t), bool)
         out[name] = float(metrics.dice(pred[keep, k], t[keep]).mean()) if keep.any() else float("nan")
     return out

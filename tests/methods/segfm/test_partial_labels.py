@@ -46,15 +46,18 @@ def test_partial_nets_have_k_or_k_plus_1_outputs_and_train():
 
 def test_per_structure_dice_counts_false_positives_on_images_without_the_structure():
     t = np.zeros((2, 1, 4, 4), np.float32)
-    t[0, 0, :2] = 1
+    t[0, 0, :2] = 1  # 8 pixels, image 0 only
     p = np.zeros((2, 1, 4, 4), bool)
-    p[0, 0, :1] = True
-    p[1, 0] = True  # a false positive on an image without the structure: Dice 0 there
+    p[0, 0, :1] = True  # 4 correct pixels
+    p[1, 0] = True  # 16 false positives on the image without the structure
+    assert pl.per_structure_dice(p, t, ("x",)) == pytest.approx({"x": 2 * 4 / (4 + 16 + 8)})  # pooled
     d0 = 2 * 4 / (4 + 8)
-    assert pl.per_structure_dice(p, t, ("x",)) == pytest.approx({"x": (d0 + 0.0) / 2})
     assert pl.per_structure_dice(p, t, ("x",), images="present") == pytest.approx({"x": d0})
-    p[1, 0] = False  # nothing predicted where nothing is: Dice 1 there
-    assert pl.per_structure_dice(p, t, ("x",)) == pytest.approx({"x": (d0 + 1.0) / 2})
+    assert pl.per_structure_dice(p, t, ("x",), images="all") == pytest.approx({"x": (d0 + 0.0) / 2})
+    p[1, 0] = False
+    assert pl.per_structure_dice(p, t, ("x",)) == pytest.approx({"x": d0})
+    assert pl.per_structure_dice(np.zeros_like(p), t, ("x",)) == {"x": 0.0}  # predicting nothing scores 0 pooled
+    assert pl.per_structure_dice(np.zeros_like(p), t, ("x",), images="all") == {"x": 0.5}  # ... but 0.5 per image
     assert pl.false_positive_rate(p, t, ("x",)) == {"x": 0.0}
     p[1, 0, 0, 0] = True
     assert pl.false_positive_rate(p, t, ("x",)) == {"x": 1.0}
