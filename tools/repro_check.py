@@ -82,7 +82,9 @@ def compare_text(a: str, b: str, rtol: float, atol: float) -> tuple[bool, float,
     first = ""
     for la, lb in zip(a.splitlines(), b.splitlines()):
         if la != lb:
-            first = f"run 1: {la.strip()[:160]}\n      run 2: {lb.strip()[:160]}"
+            k = next((i for i, (x, y) in enumerate(zip(la, lb)) if x != y), min(len(la), len(lb)))
+            lo = max(0, k - 60)
+            first = f"run 1: ...{la[lo:k + 100]}\n      run 2: ...{lb[lo:k + 100]}"
             break
     if not first:
         first = f"run 1 has {len(a.splitlines())} lines, run 2 has {len(b.splitlines())}"
@@ -143,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         label = "same settings twice, " + ("identical text required" if not (rtol or atol)
                                            else f"tolerance |a-b| <= {atol} + {rtol}*|b|")
     rules = load_sanitizers()
+    if args.threads:  # the thread count itself is printed (runtime summary, profile table): not a result
+        rules.append((re.compile(r"(?im)^.*\bthreads\b.*$"), "THREADS-LINE"))
     notebooks = rc.collect(args.paths)
     print(f"repro check of {len(notebooks)} notebook(s): {label}", flush=True)
     results, t0 = [], time.perf_counter()
