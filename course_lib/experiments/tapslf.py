@@ -147,8 +147,10 @@ def run_grid(backbone, configs: dict, data_train: dict, data_test: dict, *, seed
                 runtime.seed_everything(seed)
                 base = ts.build_tapslf(copy.deepcopy(backbone), replace(ts.VARIANTS["heads_only"], fpn_dim=cfg.fpn_dim),
                                        **encoder_kw).to(device)
+                if "cache" not in warm:  # frozen features do not depend on the seed: compute them once
+                    warm["cache"] = ts.cache_features(base, data_train)
                 warm[seed] = ts.warm_start_heads(base, data_train, steps=warm_steps, lr=warm_lr or lr, batch_size=batch_size,
-                                                 seed=seed)
+                                                 seed=seed, cached=warm["cache"])
             runtime.seed_everything(seed)
             model = ts.build_tapslf(copy.deepcopy(backbone), cfg, **encoder_kw).to(device)
             if warm_steps:

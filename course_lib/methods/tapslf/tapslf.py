@@ -39,7 +39,7 @@ from course_lib.methods.tapslf.encoders import DaViTEncoder, ViTEncoder, exact_p
 
 __all__ = ["TASKS", "TapSlfConfig", "VARIANTS", "TaskPrompts", "lora_blocks", "FPNDecoder", "SegHead", "DetHead",
            "ClsHead", "RegHead", "TapSlfModel", "build_tapslf", "batch_task", "task_loss", "round_robin", "train",
-           "warm_start_heads", "evaluate",
+           "cache_features", "warm_start_heads", "evaluate",
            "parameter_breakdown"]
 
 #: the four tasks of the paper: segmentation, classification, detection, regression
@@ -383,30 +383,39 @@ def train(model: TapSlfModel, data: dict, *, steps: int, lr: float, batch_size: 
 # endregion
 
 
+def cache_features(model: TapSlfModel, data: dict) -> dict:
+    """Features of the frozen, un-prompted encoder for every task in ``data``: ``{task: {"f", "y"}}`` with ``f`` the
+    decoder maps (seg, det) or the GAP vector (cls, reg). Valid for any model built from the same backbone
+    weights before training (LoRA ``B = 0`` at initialisation changes nothing)."""
+    cached = {}
+    dev = T.model_device(model)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for t in [t for t in model.tasks if t in data]:
+            chunks = [model.encoder(data[t]["x"][i:i + 64].to(dev), None) for i in range(0, len(data[t]["x"]), 64)]
+            feats = [torch.cat([c[0][j] for c in chunks]) for j in range(len(chunks[0][0]))] if t in ("seg", "det") \
+                else torch.cat([c[1] for c in chunks])
+            cached[t] = {"f": feats, "y": data[t]["y"]}
+    model.train(was_training)
+    return cached
+
+
 def warm_start_heads(model: TapSlfModel, data: dict, *, steps: int, lr: float, batch_size: int, seed: int = 0,
-                     weight_decay: float = 1e-2) -> dict:
+                     weight_decay: float = 1e-2, cached: dict | None = None) -> dict:
     """Train only the heads on cached features of the frozen, un-prompted encoder (the "backbone only"
     model; cheap because the encoder runs once) and return the heads' ``state_dict``. Every variant can
     start from these heads (linear-probe-then-fine-tune, Kumar et al., ICLR 2022), so a short adaptation
     budget is spent on prompts/LoRA rather than on learning heads from scratch. Same schedule and losses
     as :func:`train`; at the start LoRA (``B = 0``) changes nothing, prompts do change the features a little.
+    ``cached``: the output of :func:`cache_features` (computed here when not given; reuse it across seeds).
     """
     if "reg" in data:
         yr = torch.as_tensor(data["reg"]["y"], dtype=torch.float32)
         model.heads["reg"].mu.fill_(float(yr.mean()))
         model.heads["reg"].sd.fill_(float(yr.std().clamp_min(1e-6)))
     tasks = [t for t in model.tasks if t in data]
-    cached = {}
-    dev = T.model_device(model)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for t in tasks:
-            chunks = [model.encoder(data[t]["x"][i:i + 64].to(dev), None) for i in range(0, len(data[t]["x"]), 64)]
-            feats = [torch.cat([c[0][j] for c in chunks]) for j in range(len(chunks[0][0]))] if t in ("seg", "det") \
-                else torch.cat([c[1] for c in chunks])
-            cached[t] = {"f": feats, "y": data[t]["y"]}
-    model.train(was_training)
+    cached = cached if cached is not None else cache_features(model, data)
     draw = round_robin(cached, tasks, batch_size, seed)
     sd = float(model.heads["reg"].sd)
 
