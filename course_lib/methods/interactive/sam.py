@@ -56,7 +56,18 @@ def build_sonosam_tiny(seed: int = 0):
     from transformers import SamConfig, SamModel
 
     torch.manual_seed(seed)
-    return SamModel(SamConfig(**SONOSAM_CONFIG)).eval()
+    model = SamModel(SamConfig(**SONOSAM_CONFIG))
+    # SAM's random-Fourier positional encoding of points and pixels uses a Gaussian matrix of scale 1
+    # (Kirillov et al. 2023; Tancik et al. 2020). transformers initialises it with scale hidden_size / 2 (= 24
+    # here), which only matters when training from scratch: such frequencies turn neighbouring pixels into
+    # unrelated codes, and the tiny model could not learn where a click is. Re-draw it at SAM's scale.
+    # The prompt encoder keeps its own copy of that matrix: points and pixels must be encoded with the SAME one
+    # (a pretrained checkpoint loads equal values into both; from scratch they would be two unrelated draws).
+    with torch.no_grad():
+        pe = model.shared_image_embedding.positional_embedding
+        pe.copy_(torch.randn(pe.shape, generator=torch.Generator().manual_seed(seed)))
+        model.prompt_encoder.shared_embedding.positional_embedding.copy_(pe)
+    return model.eval()
 
 
 @dataclass
