@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+import nbformat
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_course as rc  # noqa: E402
 
@@ -103,18 +105,22 @@ def compare_text(a: str, b: str, rtol: float, atol: float) -> tuple[bool, float,
 def check(path: Path, *, envs: tuple[dict, dict], rtol: float, atol: float, cell_timeout: int,
           notebook_cap: float, rules) -> dict:
     runs = []
+    nb = nbformat.read(path, as_version=4)  # read once: both runs execute the same source
     for env in envs:
-        res = rc.execute(path, cell_timeout=cell_timeout, notebook_cap=notebook_cap, env=env)
+        res = rc.execute(path, cell_timeout=cell_timeout, notebook_cap=notebook_cap, env=env, nb=nb)
         if not res.ok:
             return dict(notebook=path.name, ok=False, error=res.error, differing=[])
         runs.append((res, cell_texts(res.nb, rules)))
     (r1, t1), (r2, t2) = runs
-    differing = []
+    differing, overall, cells_not_identical = [], 0.0, 0
     for i in sorted(set(t1) | set(t2)):
         same, worst, first = compare_text(t1.get(i, ""), t2.get(i, ""), rtol, atol)
+        cells_not_identical += t1.get(i, "") != t2.get(i, "")
+        overall = max(overall, worst)
         if not same:
             differing.append(dict(cell=i, max_deviation=worst, first=first))
     return dict(notebook=path.name, ok=not differing, cells_compared=len(t1), differing=differing,
+                cells_not_identical=cells_not_identical, max_deviation=overall,
                 seconds=[round(r1.seconds, 1), round(r2.seconds, 1)])
 
 
@@ -157,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in r:
             print(f"{path.name}: FAILED to execute: {r['error'][:1500]}", flush=True)
         elif r["ok"]:
-            print(f"{path.name}: {r['cells_compared']} code cells, text outputs identical"
-                  f"{' within tolerance' if rtol or atol else ''} (runs {r['seconds'][0]} s, {r['seconds'][1]} s)",
-                  flush=True)
+            within = (f" within tolerance ({r['cells_not_identical']} cells not byte-identical, largest numeric "
+                      f"difference {r['max_deviation']:.4g})") if r["cells_not_identical"] else ""
+            print(f"{path.name}: {r['cells_compared']} code cells, text outputs identical{within} "
+                  f"(runs {r['seconds'][0]} s, {r['seconds'][1]} s)", flush=True)
         else:
             print(f"{path.name}: {len(r['differing'])} of {r['cells_compared']} code cells differ:", flush=True)
             for d in r["differing"]:

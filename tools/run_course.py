@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import datetime as _dt
 import json
 import os
@@ -238,6 +239,7 @@ def execute(
     probe: bool = False,
     sliced: bool = True,
     transport_fix: bool = True,
+    nb=None,
 ) -> RunResult:
     """Execute one notebook headless (nothing is written). Never raises for notebook problems:
     the :class:`RunResult` says what happened, naming the notebook, the cell and the seconds.
@@ -245,12 +247,13 @@ def execute(
     ``env`` adds variables to the kernel's environment. ``probe=True`` runs :data:`PROBE_CODE` in the
     kernel first (not as a cell: the notebook is unchanged) and puts its last report (peak RAM, peak
     GPU memory, AMP dtype, device ...) in ``RunResult.probe``. ``sliced=False, transport_fix=False``
-    is stock nbclient.
+    is stock nbclient. ``nb`` executes this notebook object (a copy) instead of reading ``path``
+    (``path`` still names it and gives the working folder).
     """
     from traitlets.config import Config
 
     path = Path(path)
-    nb = nbformat.read(path, as_version=4)
+    nb = nbformat.read(path, as_version=4) if nb is None else copy.deepcopy(nb)
     socket_dir = tempfile.mkdtemp(prefix="nbk-") if transport_fix and os.name == "posix" else None
     config = Config({"KernelManager": kernel_manager_config(socket_dir)}) if transport_fix else Config()
     client = CourseClient(nb, timeout=cell_timeout, kernel_name="python3", config=config,

@@ -49,3 +49,15 @@ def test_compare_text_exact_and_within_tolerance():
 def test_compare_text_wording_change_is_never_tolerated():
     same, dev, _ = rp.compare_text("benign 3\n", "malignant 3\n", 1.0, 1.0)
     assert not same and dev == float("inf")
+
+
+def test_check_executes_the_same_source_twice_and_reports_a_nondeterministic_cell(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import random\nprint('fixed', 1.5)"),
+                nbformat.v4.new_code_cell("print('drawn', random.random())")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "nd.ipynb"
+    nbformat.write(nb, path)
+    r = rp.check(path, envs=({}, {}), rtol=0, atol=0, cell_timeout=60, notebook_cap=120, rules=rp.load_sanitizers())
+    assert r["cells_compared"] == 2
+    assert [d["cell"] for d in r["differing"]] == [1] and not r["ok"]
