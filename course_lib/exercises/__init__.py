@@ -182,7 +182,7 @@ def quiz(questions: Sequence[Question], title: str = "Check your understanding")
         import ipywidgets as w
     except ImportError:  # pragma: no cover
         display(HTML("".join(static)))
-        return None
+        return None  # displayed already
     boxes = []
     for i, q in enumerate(questions, 1):
         radio = w.RadioButtons(options=list(q.options), value=None, layout=w.Layout(width="auto"))
@@ -204,4 +204,4 @@ def quiz(questions: Sequence[Question], title: str = "Check your understanding")
     bundle["text/html"] = "".join(static)
     bundle["text/plain"] = "\n".join(f"Q{i}. {q.text}" for i, q in enumerate(questions, 1))
     display(bundle, raw=True)
-    return box
+    return None  # displayed already: returning the box would show it a second time as the cell's value
