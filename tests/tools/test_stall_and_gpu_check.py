@@ -67,3 +67,17 @@ def test_widget_stress_notebook_repeats_the_widgets_cell(tmp_path):
     nb = nbformat.read(path, as_version=4)
     assert sum("widgets.interactive" in c.source for c in nb.cells) == 4
     assert all(c.cell_type == "code" for c in nb.cells)
+
+
+def test_course_mode_counts_rounds_over_a_folder(tmp_path, capsys):
+    for name in ("00_a.ipynb", "01_b.ipynb"):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(f"print({name!r})")]
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, tmp_path / name)
+    out = tmp_path / "rows.json"
+    assert stall_check.main(["--course", "1", "--json", str(out), str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "stalls: 0 of 1 course runs" in text and "stall-free: 1/1" in text
+    rows = json.loads(out.read_text())
+    assert [r["notebook"] for r in rows] == ["00_a.ipynb", "01_b.ipynb"] and all(r["ok"] for r in rows)
