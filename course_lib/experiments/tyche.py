@@ -146,7 +146,7 @@ def plot_candidates(tyche, universeg, task, *, task_index: int = 0, support_size
     ann = query_annotations(task, task_index, qi, n_annotators)[query]
     s_img, s_lab = support_draw(task, pi, support_size, n_annotators, seed)
     x = task.images[qi[query: query + 1]]
-    rows = [("annotators", ann)] + [(m, method_candidates(m, tyche, universeg, x, s_img, s_lab, k=k, seed=seed,
+    rows = [("annotator", ann)] + [(m, method_candidates(m, tyche, universeg, x, s_img, s_lab, k=k, seed=seed,
                                                           shift=shift)[0].numpy() > 0.5) for m in ("Tyche", "TTA", "UniverSeg")]
     ncol = max(len(r[1]) for r in rows)
     fig, axes = plt.subplots(len(rows), ncol, figsize=(1.9 * ncol, 1.9 * len(rows)), squeeze=False)
