@@ -68,6 +68,7 @@ def notebook_row(res: rc.RunResult) -> dict:
         "amp_dtype": probe.get("amp_dtype"),
         "device": probe.get("device"),
         "profile": probe.get("profile"),
+        "smoke": probe.get("smoke"),
         "peak_ram_mib": probe.get("peak_ram_mib"),
         "children_peak_ram_mib": probe.get("children_peak_ram_mib"),
         "cells_run": probe.get("cells_run"),

@@ -209,7 +209,9 @@ def __course_probe_install():
                 amp = rt.amp_dtype(dev)
                 p["device"] = str(dev)
                 p["amp_dtype"] = str(amp).replace("torch.", "") if amp is not None else None
-                p["profile"] = rt.get_profile().name
+                prof = rt.get_profile()
+                p["profile"] = prof.name
+                p["smoke"] = bool(getattr(prof, "smoke", False))
         except Exception as err:  # the probe must never break a notebook
             p["probe_error"] = repr(err)
         tmp = path + ".tmp"
