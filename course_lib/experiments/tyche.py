@@ -164,20 +164,28 @@ def plot_candidates(tyche, universeg, task, *, task_index: int = 0, support_size
 
 
 def main(argv=None):
-    """Command line: the study on notebook 06's held-out SonoSynth tasks with the profile's sizes (``--sizes`` overrides
-    the support sizes); prints the summary and the table (the numbers of ``data_cards/tyche-tiny.md``)."""
+    """Command line. ``--train`` rebuilds the ``tyche-tiny`` checkpoint (:func:`.tyche.train_checkpoint`; ``--steps``,
+    ``--out``). Otherwise: the study on notebook 06's held-out SonoSynth tasks with the profile's sizes (``--sizes``
+    overrides the support sizes); prints the summary and the table (the numbers of ``data_cards/tyche-tiny.md``)."""
     import argparse
     import time
 
     from course_lib import runtime
     from course_lib.data import seg_tasks
     from course_lib.methods.segfm.checkpoint import load_pretrained
-    from course_lib.methods.segfm.tyche import load_tyche
+    from course_lib.methods.segfm.tyche import DEFAULT_TRAIN, load_tyche, train_checkpoint
 
-    ap = argparse.ArgumentParser(description="Tyche vs UniverSeg vs TTA on held-out SonoSynth tasks with simulated annotators.")
+    ap = argparse.ArgumentParser(description="Tyche vs UniverSeg vs TTA on held-out SonoSynth tasks with simulated annotators; "
+                                             "--train rebuilds the tyche-tiny checkpoint.")
     ap.add_argument("--profile", default="quick")
     ap.add_argument("--sizes", type=int, nargs="*", default=None)
+    ap.add_argument("--train", action="store_true", help="rebuild the tyche-tiny checkpoint instead")
+    ap.add_argument("--steps", type=int, default=DEFAULT_TRAIN["steps"])
+    ap.add_argument("--out", default=None, help="checkpoint path (default course_lib/assets/tyche-tiny.safetensors)")
     args = ap.parse_args(argv)
+    if args.train:
+        train_checkpoint(args.out, steps=args.steps)
+        return
     P = runtime.get_profile(args.profile)
     U, TY = P.section("universeg"), P.section("tyche")
     held = seg_tasks.held_out_tasks(n_per_group=U.real_pool + U.eval_queries, image_size=U.image_size)

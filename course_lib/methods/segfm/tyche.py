@@ -25,11 +25,13 @@ The shipped checkpoint ``tyche-tiny`` is warm-started from ``universeg-tiny`` (e
 matches is copied; the first CrossConv gets the new noise input column) and trained briefly on SonoSynth
 tasks whose labels come from :func:`course_lib.data.sonosynth.annotators.annotators`; rebuild with::
 
-    python -m course_lib.methods.segfm.tyche --train
+    python -m course_lib.experiments.tyche --train
+
+(the command line lives in :mod:`course_lib.experiments.tyche`: this module is imported by the package, so
+``python -m`` on it would run it twice).
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 from typing import Sequence
@@ -59,7 +61,7 @@ ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
 CHECKPOINT_NAME = "tyche-tiny.safetensors"
 #: SHA-256 of the committed checkpoint (also in data_cards/tyche-tiny.md)
 CHECKPOINT_SHA256 = "56719ecadd5b340c9d644f942e0b7dcebd8f187355102e09a31915970ea6884f"
-REBUILD = "python -m course_lib.methods.segfm.tyche --train"
+REBUILD = "python -m course_lib.experiments.tyche --train"
 
 
 def _check_k(k) -> int:
@@ -435,19 +437,3 @@ def train_checkpoint(path=None, **overrides) -> tuple[Tyche, dict]:
     digest = checkpoints.save_state(path, state, meta)
     print(f"saved {path} ({path.stat().st_size / 1024:.0f} KiB) sha256={digest} train_seconds={meta['train_seconds']}")
     return model, meta
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description="Train the course's Tyche checkpoint (warm-started from universeg-tiny).")
-    ap.add_argument("--train", action="store_true", help="train and write the checkpoint")
-    ap.add_argument("--steps", type=int, default=DEFAULT_TRAIN["steps"])
-    ap.add_argument("--out", default=None, help=f"output path (default course_lib/assets/{CHECKPOINT_NAME})")
-    args = ap.parse_args(argv)
-    if not args.train:
-        ap.print_help()
-        return
-    train_checkpoint(args.out, steps=args.steps)
-
-
-if __name__ == "__main__":
-    main()
