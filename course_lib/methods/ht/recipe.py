@@ -82,6 +82,7 @@ runtime.register_section(
         betas=(0.9, 0.95),
         n_train=32,  # SonoSynth images per experiment
         n_test=32,
+        ablation_epochs=10,  # Table VII analogue (SonoSynth, one seed): 20 updates
         real_limit=24,  # BUSI images per class loaded per task (0 = all): 24 train + 24 test images
         real_split=(0.5, 0.5),  # seeded stratified train/test fractions of the loaded BUSI images
         ratios=(1.0,),  # Table IV analogue: a 24-image split is too small for data ratios -> full profile only
@@ -103,6 +104,7 @@ runtime.register_section(
         betas=(0.9, 0.95),
         n_train=800,
         n_test=400,
+        ablation_epochs=50,
         real_limit=0,  # 0 = all images
         real_split=(0.7, 0.3),
         ratios=(0.01, 0.05, 0.2, 0.5, 1.0),  # the paper's Table IV ratios
