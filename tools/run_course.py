@@ -39,6 +39,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -58,6 +59,7 @@ POLL_SLICE = 0.5
 #: a message delivered later than this after the kernel sent it counts as a late delivery
 LATE_AFTER = 2.0
 DEFAULT_CELL_TIMEOUT = 120
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour codes of IPython tracebacks
 DEFAULT_NOTEBOOK_CAP = 600
 
 
@@ -326,7 +328,7 @@ def execute(
                      f"ran past the cell timeout of {cell_timeout} s; stopped. {str(err)[:400]}")
     except CellExecutionError as err:
         res.ok, res.kind = False, "cell-error"
-        res.error = f"{path.name}: cell {current.get('index', -1)} raised:\n{str(err)[-3000:]}"
+        res.error = f"{path.name}: cell {current.get('index', -1)} raised:\n{_ANSI.sub('', str(err))[-3000:]}"
     except DeadKernelError as err:
         res.ok, res.kind = False, "dead-kernel"
         res.error = f"{path.name}: the kernel died in cell {current.get('index', -1)} ({err})"
