@@ -128,3 +128,17 @@ def test_training_agrees_under_one_and_two_threads(bb):
     assert np.abs(out[1] - out[2]).max() < 1e-4
     d1, d2 = metrics.dice(out[1] > 0.5, Y.numpy()), metrics.dice(out[2] > 0.5, Y.numpy())
     assert np.abs(d1 - d2).max() <= 0.01
+
+
+def test_data_ratio_keeps_the_update_budget_and_skips_without_small_ratios(bb):
+    g = torch.Generator().manual_seed(0)
+    n = bb.image_size
+    t = xht.BusiTasks(torch.randn(8, 3, n, n, generator=g), (torch.rand(8, n, n, generator=g) > 0.7).long(),
+                      torch.randn(3, 3, n, n, generator=g), (np.random.default_rng(0).random((3, n, n)) > 0.7),
+                      np.zeros((3, n, n)), None, None, None, None, None, (np.arange(8), np.arange(3)), None)
+    s = SimpleNamespace(**vars(S), ratios=(0.25, 1.0), seeds=(0,))
+    df = xht.data_ratio(bb, s, t, methods=("frozen",), progress=False)
+    assert len(df) == 1 and df.n_train.iloc[0] == 2 and df.ratio.iloc[0] == 0.25
+    assert df.steps.iloc[0] == S.epochs * 2  # the full split's budget: epochs x ceil(8 / batch 4)
+    assert {"dice", "empty", "hd95_nonempty"} <= set(df.columns)
+    assert xht.data_ratio(bb, SimpleNamespace(**vars(S), ratios=(1.0,), seeds=(0,)), t, progress=False).empty
