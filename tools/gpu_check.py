@@ -73,8 +73,9 @@ def notebook_row(res: rc.RunResult) -> dict:
         "children_peak_ram_mib": probe.get("children_peak_ram_mib"),
         "cells_run": probe.get("cells_run"),
     }
-    if not res.ok:
-        row["error"] = res.error[-1500:]
+    if not res.ok:  # the first line names notebook and cell; the tail holds the exception
+        head, _, rest = res.error.partition("\n")
+        row["error"] = head + ("\n..." + rest[-1500:] if len(rest) > 1500 else ("\n" + rest if rest else ""))
     return row
 
 
