@@ -93,7 +93,7 @@ def _concept(rows):
           hint="read the BUSI row with the descriptions from the table of section 3 (results[('BUSI', 'descriptions')])")
 def _busi(auc, *, reference, backbone):
     r = close(_auc(auc, "your AUC"), _auc(reference, "the run's AUC"), 1e-3, f"BUSI zero-shot AUC of {backbone}")
-    extra = (" This is the course's tiny synthetic-data CLIP; with COURSE_PROFILE=full and a GPU the same cell "
+    extra = (". This is the course's tiny synthetic-data CLIP; with COURSE_PROFILE=full and a GPU the same cell "
              "reports a real CLIP (BiomedCLIP when available)." if "sonoclip" in str(backbone) else "")
     return Result(r.ok, r.message + extra)
 
