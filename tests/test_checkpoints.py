@@ -87,3 +87,13 @@ def test_atomic_write_leaves_nothing_on_error(tmp_path):
             raise RuntimeError("interrupted")
     assert target.read_text() == "old"
     assert [x.name for x in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import stat
+
+    p = tmp_path / "m.safetensors"
+    ck.save_state(p, _state())
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask

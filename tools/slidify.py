@@ -10,7 +10,8 @@ Rules, applied only to cells that have no ``slideshow.slide_type`` yet (an autho
 sub-slide; any cell that would push the current slide past :data:`MAX_LINES` starts a sub-slide.
 Speaker notes are markdown cells of type ``notes`` written by the authors. Heights are estimated in
 rendered lines: markdown wrapped at 100 characters, code lines, text outputs (the deck caps each
-output block at :data:`OUTPUT_LINES` lines and scrolls the rest), and :data:`IMAGE_LINES` per image.
+output block at :data:`OUTPUT_LINES` lines, a cell's outputs at :data:`OUTPUTS_TOTAL` and its code at
+:data:`CODE_LINES`, and scrolls the rest), and :data:`IMAGE_LINES` per image.
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ import sys
 from pathlib import Path
 
 MAX_LINES = 44
-OUTPUT_LINES = 12
+OUTPUT_LINES = 12      # one text output block (the deck scrolls longer ones)
+OUTPUTS_TOTAL = 18     # all outputs of one cell (the deck's output area scrolls beyond this)
+CODE_LINES = 20        # the code of one cell (the deck's input area scrolls beyond this)
 IMAGE_LINES = 16
 WRAP = 100
 
@@ -37,18 +40,19 @@ def height(cell) -> int:
     """Estimated rendered height of a cell on a slide, in lines."""
     if cell.cell_type == "markdown":
         return _md_lines(cell.source)
-    h = len(cell.source.splitlines())
+    h = min(len(cell.source.splitlines()), CODE_LINES)
+    h_out = 0
     for out in cell.get("outputs", []):
         data = out.get("data", {})
         if "image/png" in data or "image/svg+xml" in data:
-            h += IMAGE_LINES
+            h_out += IMAGE_LINES
         text = out.get("text") or data.get("text/plain", "") if not data.get("text/html") else data.get("text/html", "")
         if isinstance(text, list):
             text = "".join(text)
         if text and "image/png" not in data:
             n = len(text.splitlines()) if not data.get("text/html") else min(text.count("<tr"), OUTPUT_LINES) + 1
-            h += min(n, OUTPUT_LINES)
-    return h
+            h_out += min(n, OUTPUT_LINES)
+    return h + min(h_out, OUTPUTS_TOTAL)
 
 
 def is_setup(cell) -> bool:

@@ -86,3 +86,30 @@ def ambiguous_masks(sam: InteractiveSAM, image, point) -> tuple[np.ndarray, np.n
     with torch.no_grad():
         logits, iou = sam.decode(emb, torch.tensor([[[x, y]]]), torch.tensor([[pr.POSITIVE]]), multimask=True)
     return (sam.upsample(logits)[0] > 0).cpu().numpy(), iou[0].cpu().numpy()
+
+
+def main(argv=None) -> None:
+    """``python -m course_lib.methods.interactive.evaluate``: the held-out numbers of data_cards/sonosam-tiny.md."""
+    import argparse
+
+    from course_lib import runtime
+    from course_lib.methods.interactive import checkpoint, recipe
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--checkpoint", default="sonosam-tiny")
+    ap.add_argument("--n", type=int, default=48)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    runtime.set_threads(args.threads)
+    sam = checkpoint.load(args.checkpoint)
+    imgs, lmaps = recipe.structure_pool(args.n, sam.image_size, seed=0, split_start=200_000_000)
+    masks = recipe.pick_targets(lmaps, np.random.default_rng(7)).numpy()
+    d = dice_vs_clicks(sam, imgs, masks)
+    d["box"] = dice_with_box(sam, imgs, masks)
+    for k, v in d.items():
+        print(f"held-out SonoSynth (test split, n={len(v)}), {k} {'click(s)' if k != 'box' else ''}: "
+              f"Dice {v.mean():.3f} ± {v.std(ddof=1):.3f}")
+
+
+if __name__ == "__main__":
+    main()

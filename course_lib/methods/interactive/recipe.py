@@ -187,9 +187,10 @@ def main(argv=None) -> None:
     ap.add_argument("--profile", default="quick", choices=runtime.PROFILE_NAMES)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=None, help="override the profile's pretrain_steps")
     args = ap.parse_args(argv)
     runtime.set_threads(args.threads)
-    _, info = pretrain(args.out, profile=args.profile, seed=args.seed)
+    _, info = pretrain(args.out, profile=args.profile, seed=args.seed, steps=args.steps)
     print(info)
 
 

@@ -33,7 +33,7 @@ NAME = "sonosam-tiny"
 ASSETS = runtime.PACKAGE_DIR / "assets"
 CHECKPOINT = ASSETS / "sonosam-tiny.safetensors"
 #: SHA-256 of the committed checkpoint (also in data_cards/sonosam-tiny.md); None until it is built
-CHECKPOINT_SHA256: str | None = None
+CHECKPOINT_SHA256: str | None = "bf1d95b4f110f3091a53c2f5cd4fc97515f148ce14f86b73e3ab994744c4561c"
 REBUILD = "python -m course_lib.methods.interactive.recipe --out course_lib/assets/sonosam-tiny.safetensors"
 HUB_MODELS = {"sam-vit-base": "facebook/sam-vit-base", "medsam": "wanglab/medsam-vit-base"}
 
