@@ -189,7 +189,10 @@ def _features(split: str, seed: int, n: int, images_fn) -> torch.Tensor:
     from course_lib.models.feature_cache import FeatureCache, FeatureKey, backbone_fingerprint
 
     bb = backbones.load_backbone("sonoclip-tiny", device="cpu", verbose=False)
-    key = FeatureKey(backbone_fingerprint(bb), "sonosynth-concept-frequency", split, n, seed)
+    # the evaluation images are chosen by the concept's values, so the concept is part of the key: changing
+    # CONCEPT/POSITIVE/NEGATIVE must never reuse another concept's cached features
+    name = "sonosynth-concept-frequency" if split == "train" else f"sonosynth-concept-frequency-{CONCEPT}-{POSITIVE}-{NEGATIVE}"
+    key = FeatureKey(backbone_fingerprint(bb), name, split, n, seed)
     return FeatureCache().get_or_compute(key, lambda: zs.encode_images(bb, images_fn()))
 
 

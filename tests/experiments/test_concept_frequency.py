@@ -65,3 +65,19 @@ def test_fingerprint_names_the_weights_of_the_committed_checkpoint():
     assert B.state_digest(tensors) in s["image_model"]
     tensors["logit_scale"] = tensors["logit_scale"] + 1
     assert B.state_digest(tensors) != B.SONOCLIP_TINY_WEIGHTS_SHA256
+
+
+def test_eval_feature_cache_key_depends_on_the_concept(monkeypatch):
+    """A defect found in review: the evaluation set is chosen by the concept's values, but its cache key did not
+    name the concept, so changing cf.CONCEPT could silently reuse another concept's features."""
+    import torch
+
+    from course_lib.experiments import concept_frequency as cf
+    from course_lib.models import feature_cache as fc
+
+    seen = []
+    monkeypatch.setattr(fc.FeatureCache, "get_or_compute", lambda self, key, fn: seen.append(key) or torch.zeros(1, 2))
+    cf._features("eval", 0, 8, lambda: None)
+    monkeypatch.setattr(cf, "CONCEPT", "calcifications")
+    cf._features("eval", 0, 8, lambda: None)
+    assert seen[0] != seen[1]
