@@ -379,11 +379,21 @@ def _to_image_tensor(x) -> torch.Tensor:
     elif not x.is_floating_point():
         x = x.float()
     x = x.detach().float().cpu() if not x.requires_grad else x.float().cpu()
+    if x.numel() and not torch.isfinite(x).all():
+        raise ValueError(f"images contain {int((~torch.isfinite(x)).sum())} NaN/inf values; the embeddings would be NaN "
+                         f"and every argmax class 0. Clean them first, e.g. torch.nan_to_num(x) or drop those images")
+    if x.numel() == 0:
+        raise ValueError(f"preprocess() got an empty batch (shape {tuple(x.shape)}); pass at least one image")
     if x.ndim == 2:
         x = x[None, None]
     elif x.ndim == 3:
         if x.shape[-1] in (1, 3) and x.shape[0] not in (1, 3):  # (H, W, C) single image
             x = x.permute(2, 0, 1)[None]
+        elif x.shape[0] == 3 and x.shape[-1] not in (1, 3):
+            raise ValueError(
+                f"ambiguous image tensor of shape {tuple(x.shape)}: one RGB image (3, H, W) or three grey images "
+                f"(B=3, H, W)? Pass x[None] for one RGB image (1, 3, H, W), or x[:, None] for three grey images "
+                f"(3, 1, H, W)")
         else:
             x = x[:, None]  # (B, H, W)
     elif x.ndim == 4:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -119,14 +121,34 @@ class FeatureCache:
             return obj["features"]
         self.misses += 1
         feats = compute()
-        self.save(key, feats, data_hash, **extra)
+        try:
+            self.save(key, feats, data_hash, **extra)
+        except OSError as e:  # the features are computed: return them, say why they were not kept
+            warnings.warn(f"could not write the feature cache entry {self.path(key)} ({e.strerror or e}); the features "
+                          f"were computed and are returned, but will be recomputed next time. Set COURSE_CACHE to a "
+                          f"writable folder to keep them.", RuntimeWarning, stacklevel=2)
         return feats
 
+    #: the names this cache writes (:meth:`FeatureKey.filename`); nothing else is ever deleted
+    OWN_NAME = re.compile(r"^[A-Za-z0-9_.\-]+_[a-z0-9_\-]+_[0-9a-f]{20}\.safetensors$")
+
+    def owns(self, path: Path) -> bool:
+        """True for a file this cache wrote: its name has the cache's pattern *and* its header holds a feature key."""
+        if not (path.is_file() and self.OWN_NAME.match(path.name)):
+            return False
+        try:
+            return "key" in checkpoints.read_meta(path)
+        except (checkpoints.CheckpointError, OSError, ValueError):
+            return False
+
     def clear(self) -> int:
+        """Delete the entries this cache wrote (and nothing else: a user's own files in the same folder,
+        models, results, other ``.safetensors``, survive). Returns the number of files deleted."""
         n = 0
-        for p in [*self.root.glob("*.safetensors"), *self.root.glob("*.pt")]:
-            p.unlink()
-            n += 1
+        for p in sorted(self.root.glob("*.safetensors")):
+            if self.owns(p):
+                p.unlink()
+                n += 1
         return n
 
 

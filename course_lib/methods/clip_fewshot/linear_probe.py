@@ -101,12 +101,20 @@ class LinearProbe:
             raise RuntimeError("LinearProbe is not fitted yet; call .fit(support_features, support_labels) first")
 
     def predict_proba(self, x) -> np.ndarray:
+        """``(N, C)`` probabilities; column ``j`` is the class label ``self.classes_[j]``."""
         self._check_fitted()
         with single_thread():
             return self.clf.predict_proba(self._prep(x))
 
+    @property
+    def classes_(self) -> np.ndarray:
+        """The labels the probe was fitted on, in the order of :meth:`predict_proba`'s columns."""
+        self._check_fitted()
+        return self.clf.classes_
+
     def predict(self, x) -> np.ndarray:
-        return self.predict_proba(x).argmax(1)
+        """Predicted *labels* (the values given to :meth:`fit`, e.g. 0/2), not column positions."""
+        return self.classes_[self.predict_proba(x).argmax(1)]
 
     @property
     def n_trainable(self) -> int:
