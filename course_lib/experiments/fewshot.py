@@ -341,7 +341,8 @@ def measure_feature_cache_speedup(backbone: str | None = None, pretrained="defau
         bb.model.eval()
         sync()
         t0 = time.perf_counter()
-        train_on_features(m2, images.to(device), labels, epochs=epochs, lr=1e-3, batch_size=batch_size,
+        grey = images[:, None] if images.ndim == 3 else images  # (N, 1, H, W): chunks of 3 stay unambiguous
+        train_on_features(m2, grey.to(device), labels, epochs=epochs, lr=1e-3, batch_size=batch_size,
                           encode=lambda xb: bb.encode_image(xb).float())
         sync()
         t_reenc = time.perf_counter() - t0

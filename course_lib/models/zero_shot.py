@@ -171,6 +171,10 @@ def encode_images(bb, images, batch_size: int = 256, progress: bool = False) -> 
     n = len(images)
     if n == 0:
         raise ValueError("encode_images got no images")
+    if not isinstance(images, (list, tuple)) and getattr(images, "ndim", 0) == 3:
+        # a whole (N, H, W) batch is grey images: give each chunk a channel axis, so a last chunk of exactly
+        # 3 images is not mistaken for one RGB image (backbones refuse that ambiguous shape)
+        images = images[:, None]
     it = range(0, n, batch_size)
     if progress:
         from tqdm.auto import tqdm

@@ -31,16 +31,16 @@ def vitb():
 def test_tiny_geometry_and_shapes(tiny):
     assert (tiny.image_size, tiny.patch_size, tiny.grid, tiny.width, tiny.depth) == (64, 8, (8, 8), 96, 4)
     assert tiny.embed_dim == 96 and tiny.context_length == 77
-    x = torch.rand(3, 64, 64)
-    assert tiny.preprocess(x).shape == (3, 3, 64, 64)
+    x = torch.rand(4, 64, 64)  # four grey images ((3, H, W) is ambiguous and refused: tests/test_bad_inputs.py)
+    assert tiny.preprocess(x).shape == (4, 3, 64, 64)
     f = tiny.encode_image(x)
-    assert f.shape == (3, 96)
-    assert torch.allclose(f.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert f.shape == (4, 96)
+    assert torch.allclose(f.norm(dim=-1), torch.ones(4), atol=1e-5)
     t = tiny.encode_text(tiny.tokenize(["a benign lesion", "an irregular mass"]))
     assert t.shape == (2, 96)
     toks = tiny.tokens(x, blocks=[0, 3])
     assert set(toks) == {0, 3}
-    assert toks[3]["cls"].shape == (3, 96) and toks[3]["patch"].shape == (3, 64, 96)
+    assert toks[3]["cls"].shape == (4, 96) and toks[3]["patch"].shape == (4, 64, 96)
 
 
 def test_tiny_parameter_count_is_the_documented_one(tiny):

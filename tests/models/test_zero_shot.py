@@ -85,3 +85,14 @@ def test_zero_shot_scores_with_a_real_tokenizer():
     feats = zs.encode_images(bb, imgs)
     tf = zs.text_features(bb, zs.build_prompts("descriptions"))
     assert torch.allclose(s_desc, zs.ensemble_scores(feats, tf, mode="similarity"), atol=1e-5)
+
+
+def test_encode_images_batches_of_three_grey_images_are_not_read_as_rgb():
+    """(N, H, W) batches are grey images even when a chunk (or the whole batch) holds exactly 3."""
+    from course_lib.models import load_backbone
+
+    bb = load_backbone("sonoclip-tiny", pretrained=None, verbose=False)
+    imgs = torch.rand(7, 64, 64)
+    a = zs.encode_images(bb, imgs, batch_size=4)     # chunks of 4 and 3
+    b = zs.encode_images(bb, imgs[:, None], batch_size=7)
+    assert a.shape == (7, bb.embed_dim) and torch.allclose(a, b, atol=1e-5)
