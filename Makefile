@@ -4,6 +4,7 @@
 #                and print each notebook's wall time and the total            (the speed benchmark)
 #   make test    set up .venv if missing, then unit tests + every notebook under nbval + the reproducibility
 #                check of notebook 00 (what CI runs)
+#   make slides  one offline reveal.js deck per notebook + an index page in slides/build/ (instructors)
 #   make repro   execute every notebook twice and diff the text outputs (tools/repro_check.py)
 #   make stall-check  execute notebook 00 30 times headless and count kernel-messaging stalls
 #   make smoke-full   every notebook through the full profile's code paths on CPU, sizes capped (COURSE_SMOKE=1)
@@ -26,7 +27,7 @@ NBVAL_OPTS := --nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOU
               --nbval-sanitize-with tests/nbval_sanitize.cfg -p tools.nbval_guard --nb-cap=$(NB_CAP)
 HEADLESS   := COURSE_PROFILE=quick HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(THREADS)
 
-.PHONY: setup lab course test unit notebooks repro repro-threads stall-check smoke-full gpu-check pretrain clean
+.PHONY: setup lab course test unit notebooks slides repro repro-threads stall-check smoke-full gpu-check pretrain clean
 
 setup: $(STAMP)
 
@@ -54,6 +55,10 @@ unit: setup
 
 notebooks: setup
 	$(HEADLESS) $(BIN)/python -m pytest notebooks $(NBVAL_OPTS)
+
+# one offline reveal.js deck per notebook + index into slides/build/ (npm fetches the pinned front-end packages once)
+slides: setup
+	$(BIN)/python tools/build_slides.py notebooks
 
 # every notebook twice with the same settings: text outputs must be identical (timings sanitised)
 repro: setup

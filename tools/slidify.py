@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -32,8 +33,12 @@ def slide_type(cell) -> str | None:
     return cell.get("metadata", {}).get("slideshow", {}).get("slide_type")
 
 
+_BADGE = re.compile(r"^\[!\[[^\]]*\]\([^)]*\)\]\([^)]*\)\s*$")
+
+
 def _md_lines(text: str) -> int:
-    return sum(max(1, math.ceil(len(ln) / WRAP)) for ln in text.splitlines() if ln.strip() or True)
+    """Rendered lines of markdown: long lines wrap at WRAP characters; a badge (an image link) is one line."""
+    return sum(1 if _BADGE.match(ln) else max(1, math.ceil(len(ln) / WRAP)) for ln in text.splitlines())
 
 
 def height(cell) -> int:
