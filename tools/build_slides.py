@@ -30,6 +30,8 @@ BUILD = SLIDES / "build"
 VENDOR = BUILD / "vendor"
 NODE = SLIDES / "node_modules"
 
+BADGE_LINE = re.compile(r"^\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)[ \t]*\n?", re.M)
+
 #: what each deck loads, relative to slides/build/
 LOCAL = {
     "reveal_url_prefix": "vendor/reveal.js",
@@ -100,6 +102,9 @@ def build_one(path: Path) -> dict:
     from nbconvert import SlidesExporter
 
     nb = nbformat.read(path, as_version=4)
+    for c in nb.cells:  # the Open-in-Colab badge is a remote image and means nothing on a slide
+        if c.cell_type == "markdown" and "colab-badge.svg" in c.source:
+            c.source = BADGE_LINE.sub("", c.source).lstrip("\n")
     exporter = SlidesExporter(extra_template_basedirs=[str(SLIDES)], template_name="template", **LOCAL)
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
     # resources the page would load (links a reader may click are fine)
