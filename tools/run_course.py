@@ -405,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
         rec_path = ROOT / "benchmarks" / "course_times.json"
         rec = json.loads(rec_path.read_text()) if rec_path.exists() else {}
         rec.setdefault("notebooks", {})
+        # forget notebooks that no longer exist (renamed or removed), so the table never mixes in stale rows
+        existing = {p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
+        rec["notebooks"] = {k: v for k, v in rec["notebooks"].items() if k in existing}
         for name, sec, _ in rows:
             rec["notebooks"][name] = round(sec, 1)
         rec["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"

@@ -36,8 +36,8 @@ from course_lib.methods.interactive import sam as sm
 
 runtime.register_section(
     "interactive",
-    quick=dict(pretrain_steps=1000, pretrain_batch=12, pool=3000, corrections=2, lr=4e-3, n_eval=48,
-               clicks=(1, 3, 5, 10), ft_steps=40, ft_batch=8, ft_train=48, ft_lr=1e-3, lora_rank=4),
+    quick=dict(pretrain_steps=1000, pretrain_batch=12, pool=3000, corrections=2, lr=4e-3, n_eval=40,
+               clicks=(1, 3, 5, 10), ft_steps=30, ft_batch=8, ft_train=40, ft_lr=1e-3, lora_rank=4),
     full=dict(pretrain_steps=20000, pretrain_batch=32, pool=40000, corrections=8, lr=1e-3, n_eval=400,
               clicks=(1, 3, 5, 10), ft_steps=2000, ft_batch=16, ft_train=400, ft_lr=1e-4, lora_rank=8),
 )

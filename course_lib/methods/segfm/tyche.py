@@ -47,7 +47,7 @@ from course_lib.train import fit
 
 runtime.register_section(
     "tyche",
-    quick=dict(candidates=4, annotators=3, support_sizes=(1, 2, 4), seeds=(0, 1, 2), eval_tasks=3, eval_queries=4,
+    quick=dict(candidates=4, annotators=3, support_sizes=(1, 4), seeds=(0, 1, 2), eval_tasks=2, eval_queries=4,
                tta_shift=2),
     full=dict(candidates=8, annotators=4, support_sizes=(1, 2, 4, 8, 16, 32), seeds=(0, 1, 2, 3, 4), eval_tasks=12,
               eval_queries=16, tta_shift=2),
