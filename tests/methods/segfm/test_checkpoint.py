@@ -6,15 +6,9 @@ import torch
 from course_lib.methods.segfm import checkpoint as ck
 
 
-def _inputs(B=2, S=3, H=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.rand(B, 1, H, H, generator=g)
-    s = torch.rand(B, S, 2, H, H, generator=g)
-    s[:, :, 1] = (s[:, :, 1] > 0.5).float()
-    return q, s
 
 
-def test_committed_checkpoint_is_safetensors_with_the_recorded_checksum():
+def test_committed_checkpoint_is_safetensors_with_the_recorded_checksum(icl_inputs):
     from course_lib import checkpoints
 
     path = ck.checkpoint_path()
@@ -24,7 +18,7 @@ def test_committed_checkpoint_is_safetensors_with_the_recorded_checksum():
     model = ck.load_pretrained(device="cpu", build_if_missing=False)
     assert model.channels == (16, 16, 16, 16) and not model.training
     assert model.meta["held_out_structures"] == ["kidney", "renal_sinus", "thyroid"]
-    q, s = _inputs(B=1, S=2, H=64)
+    q, s = icl_inputs(B=1, S=2, H=64)
     assert model(q, s).shape == (1, 1, 64, 64)
 
 

@@ -8,21 +8,12 @@ from course_lib.methods.segfm import evaluation as ev
 from course_lib.methods.segfm.universeg import UniverSeg
 
 
-class _Task:
-    def __init__(self, n=12, H=16, seed=0):
-        rng = np.random.default_rng(seed)
-        self.images = rng.random((n, H, H)).astype(np.float32)
-        self.labels = (self.images > 0.5).astype(np.float32)
-        self.name = "toy"
-
-    def __len__(self):
-        return len(self.images)
 
 
-def test_predict_ensembling_averages_probabilities():
+def test_predict_ensembling_averages_probabilities(toy_task):
     torch.manual_seed(0)
     net = UniverSeg((4, 4, 4)).eval()
-    t = _Task()
+    t = toy_task()
     p1 = ev.predict(net, t.images[:2], t.images[2:], t.labels[2:], support_size=3, ensemble=1, seed=0)
     p4 = ev.predict(net, t.images[:2], t.images[2:], t.labels[2:], support_size=3, ensemble=4, seed=0)
     assert p1.shape == p4.shape == (2, 1, 16, 16)
@@ -41,10 +32,10 @@ def test_predict_ensembling_averages_probabilities():
 
 
 
-def test_evaluate_task_rows_use_metrics_dice_and_skip_large_s():
+def test_evaluate_task_rows_use_metrics_dice_and_skip_large_s(toy_task):
     torch.manual_seed(0)
     net = UniverSeg((4, 4, 4)).eval()
-    t = _Task(n=12)
+    t = toy_task(n=12)
     rows = ev.evaluate_task(net, t, (1, 4, 100), ensembles=(1, 2), n_queries=4, seed=0)
     assert [(r["S"], r["M"]) for r in rows] == [(1, 1), (1, 2), (4, 1), (4, 2)]
     qi, pi = ev.query_split(t, 4, 0)
@@ -56,8 +47,8 @@ def test_evaluate_task_rows_use_metrics_dice_and_skip_large_s():
         ev.query_split(t, 12)
 
 
-def test_task_unet_trains_through_fit_and_predicts_probabilities():
-    t = _Task(n=10)
+def test_task_unet_trains_through_fit_and_predicts_probabilities(toy_task):
+    t = toy_task(n=10)
     net = ev.train_task_unet(t.images[:4], t.labels[:4], steps=2, batch_size=2, features=(4, 8), device="cpu")
     assert not net.training
     p = ev.unet_predict(net, t.images[4:])

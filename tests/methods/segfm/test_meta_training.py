@@ -7,15 +7,6 @@ import torch
 from course_lib.methods.segfm import meta_training as mt
 
 
-class _Task:
-    def __init__(self, n=12, H=16, seed=0):
-        rng = np.random.default_rng(seed)
-        self.images = rng.random((n, H, H)).astype(np.float32)
-        self.labels = (self.images > 0.5).astype(np.float32)
-        self.name = "toy"
-
-    def __len__(self):
-        return len(self.images)
 
 
 def test_augmentations_keep_ranges_and_binary_labels():
@@ -37,8 +28,8 @@ def test_task_augmentation_is_shared_by_all_images():
         assert torch.allclose(xa, xa[:1].expand_as(xa)) and torch.equal(ya, ya[:1].expand_as(ya))
 
 
-def test_episode_and_meta_train_step_run():
-    t = _Task()
+def test_episode_and_meta_train_step_run(toy_task):
+    t = toy_task()
     q, qy, sup = mt.sample_episode([t], 3, 4, np.random.default_rng(0), "cpu")
     assert q.shape == (3, 1, 16, 16) and qy.shape == (3, 1, 16, 16) and sup.shape == (3, 4, 2, 16, 16)
     _model, hist = mt.meta_train([t], channels=(4, 4, 4), steps=3, batch_tasks=2, max_support=3, device="cpu", progress=False, log_every=1)

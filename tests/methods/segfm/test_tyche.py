@@ -14,19 +14,13 @@ from course_lib.methods.segfm.universeg import UniverSeg
 from course_lib.train import count_parameters
 
 
-def _inputs(B=2, S=3, H=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.rand(B, 1, H, H, generator=g)
-    s = torch.rand(B, S, 2, H, H, generator=g)
-    s[:, :, 1] = (s[:, :, 1] > 0.5).float()
-    return q, s
 
 
-def test_k_candidates_differ_through_the_noise():
+def test_k_candidates_differ_through_the_noise(icl_inputs):
     torch.manual_seed(0)
     base = UniverSeg((8, 8))
     m = T.from_universeg(base, candidates=4, noise_init=1.0)
-    q, s = _inputs()
+    q, s = icl_inputs()
     g = torch.Generator().manual_seed(1)
     out = m(q, s, generator=g)
     assert out.shape == (2, 4, 16, 16)
@@ -42,11 +36,11 @@ def test_k_candidates_differ_through_the_noise():
     assert torch.allclose(same[:, 0], same[:, 3], atol=1e-6)
 
 
-def test_warm_start_is_universeg_when_the_noise_column_is_zero():
+def test_warm_start_is_universeg_when_the_noise_column_is_zero(icl_inputs):
     torch.manual_seed(0)
     base = UniverSeg((8, 8, 8))
     m = T.from_universeg(base, candidates=3, noise_init=0.0)
-    q, s = _inputs(H=32)
+    q, s = icl_inputs(H=32)
     out = m(q, s)
     ref = base(q, s)
     assert torch.allclose(out, ref.expand(-1, 3, -1, -1), atol=1e-6)
@@ -142,10 +136,10 @@ def test_tta_undoes_its_transforms():
     assert len(set(T.tta_transforms(6))) == 6
 
 
-def test_bad_k_and_annotator_counts():
+def test_bad_k_and_annotator_counts(icl_inputs):
     base = UniverSeg((4, 4))
     m = T.from_universeg(base, candidates=2)
-    q, s = _inputs()
+    q, s = icl_inputs()
     for bad in (0, -1):
         with pytest.raises(ValueError, match="number of candidates K"):
             m(q, s, k=bad)
@@ -195,7 +189,7 @@ def test_explicit_missing_checkpoint_raises(tmp_path):
         T.load_tyche(tmp_path / "nope.safetensors")
 
 
-def test_committed_checkpoint():
+def test_committed_checkpoint(icl_inputs):
     from course_lib import checkpoints
 
     path = T.checkpoint_path()
@@ -204,7 +198,7 @@ def test_committed_checkpoint():
     assert path.stat().st_size < 1_000_000
     m = T.load_tyche(device="cpu", build_if_missing=False)
     assert m.candidates == m.meta["candidates"] and m.meta["warm_start"] == "universeg-tiny"
-    q, s = _inputs(B=1, S=2, H=64)
+    q, s = icl_inputs(B=1, S=2, H=64)
     out = T.tyche_candidates(m, q, s[0, :, 0], s[0, :, 1], k=3, seed=0)
     assert out.shape == (1, 3, 64, 64)
     assert torch.equal(out, T.tyche_candidates(m, q, s[0, :, 0], s[0, :, 1], k=3, seed=0))

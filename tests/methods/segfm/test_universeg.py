@@ -7,12 +7,6 @@ from course_lib.methods.segfm import universeg as us
 from course_lib.train import count_parameters
 
 
-def _inputs(B=2, S=3, H=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.rand(B, 1, H, H, generator=g)
-    s = torch.rand(B, S, 2, H, H, generator=g)
-    s[:, :, 1] = (s[:, :, 1] > 0.5).float()
-    return q, s
 
 
 def test_crossconv_applies_the_same_conv_to_each_pair():
@@ -36,10 +30,10 @@ def test_crossblock_implements_eq2():
     assert u2.shape == (2, 6, 8, 8) and v2.shape == (2, 4, 6, 8, 8)
 
 
-def test_query_output_invariant_to_support_order():
+def test_query_output_invariant_to_support_order(icl_inputs):
     torch.manual_seed(0)
     blk = us.CrossBlock(1, 2, 4)
-    q, s = _inputs(S=5)
+    q, s = icl_inputs(S=5)
     perm = torch.tensor([3, 0, 4, 2, 1])
     u_a, v_a = blk(q, s)
     u_b, v_b = blk(q, s[:, perm])
@@ -50,9 +44,9 @@ def test_query_output_invariant_to_support_order():
 
 
 @pytest.mark.parametrize("S", [1, 8])
-def test_shapes_for_s1_and_s8(S):
+def test_shapes_for_s1_and_s8(S, icl_inputs):
     net = us.UniverSeg((4, 4, 4))
-    q, s = _inputs(B=2, S=S)
+    q, s = icl_inputs(B=2, S=S)
     out = net(q, s)
     assert out.shape == (2, 1, 16, 16)
     assert torch.isfinite(out).all()
@@ -86,9 +80,9 @@ def test_bad_shapes_raise_clear_errors(q_shape, s_shape, match):
         net(torch.rand(q_shape), torch.rand(s_shape))
 
 
-def test_bad_ranges_and_types():
+def test_bad_ranges_and_types(icl_inputs):
     net = us.UniverSeg((4, 4, 4))
-    q, s = _inputs()
+    q, s = icl_inputs()
     with pytest.raises(ValueError, match=r"query must lie in \[0, 1\]"):
         net(q * 255, s)
     bad = s.clone()
