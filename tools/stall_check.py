@@ -86,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pyspy", action="store_true", help="py-spy dump both processes of a run that is still going")
     ap.add_argument("--dump-after", type=float, default=60.0)
     ap.add_argument("--json", type=Path, help="write the per-run rows here")
+    ap.add_argument("--repro", action="store_true",
+                    help="also compare every run's text outputs with the first run of the same notebook "
+                         "(tools/repro_check.py's sanitising; must be identical), so --course N doubles as "
+                         "an N-fold reproducibility check of every notebook")
     ap.add_argument("--widget-stress", type=int, default=0, metavar="K",
                     help="run a generated notebook instead: notebook 00 up to its widgets cell, plus K copies of it")
     args = ap.parse_args(argv)
@@ -109,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
           f"stall = message later than {args.late_after} s", flush=True)
 
     rows, stalls, failures = [], 0, 0
+    first_texts: dict[str, dict[int, str]] = {}
+    repro_diffs: list[str] = []
+    if args.repro:
+        import repro_check
+        rules = repro_check.load_sanitizers()
     t_all = time.perf_counter()
     for r in range(1, rounds + 1):
         t_round = time.perf_counter()
@@ -129,6 +138,16 @@ def main(argv: list[str] | None = None) -> int:
                        missed_wakeups_caught=res.rescued,
                        slowest_cell=slow.index if slow else None,
                        slowest_cell_s=round(slow.seconds, 2) if slow else None)
+            if args.repro and res.ok:
+                texts = repro_check.cell_texts(res.nb, rules)
+                ref = first_texts.setdefault(path.name, texts)
+                differing = [i for i in sorted(set(ref) | set(texts)) if ref.get(i, "") != texts.get(i, "")]
+                row["identical_to_first_run"] = not differing
+                if differing:
+                    i = differing[0]
+                    _, _, first = repro_check.compare_text(ref.get(i, ""), texts.get(i, ""), 0.0, 0.0)
+                    repro_diffs.append(f"{path.name} run {r}: cells {differing} differ from run 1; "
+                                       f"cell {i}: {first}")
             rows.append(row)
             print(f"[{r:>3}/{rounds}] {path.name:<40} {res.seconds:7.1f} s  "
                   f"{'ok' if res.ok else 'FAILED ' + res.kind:<8}  slowest cell "
@@ -152,11 +171,17 @@ def main(argv: list[str] | None = None) -> int:
           f"missed wake-ups caught by the sliced polls: {sum(row['missed_wakeups_caught'] for row in rows)}")
     print(f"stalls: {stalls} of {rounds} {unit}")
     print(f"stall-free: {rounds - stalls}/{rounds}")
+    if args.repro:
+        compared = [row for row in rows if "identical_to_first_run" in row and row["round"] > 1]
+        for d in repro_diffs:
+            print("  REPRO " + d.replace("\n", "\n        "))
+        print(f"reproducible: {sum(row['identical_to_first_run'] for row in compared)} of {len(compared)} repeat "
+              f"runs identical to their notebook's first run (text outputs, timings sanitised)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     if args.widget_stress:
         notebooks[0].unlink(missing_ok=True)
-    return 1 if stalls or failures else 0
+    return 1 if stalls or failures or repro_diffs else 0
 
 
 if __name__ == "__main__":
