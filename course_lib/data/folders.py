@@ -6,6 +6,7 @@ Quick use::
     from course_lib.data import folders
     samples = folders.load("my_data/images", "my_data/masks", image_size=64)
     pairs = folders.list_pairs("my_data/images", "my_data/masks")   # [(image, mask)], no pixels read
+    images_dir, masks_dir = folders.save(images, masks, "out")      # arrays -> out/images, out/masks (PNG)
 
 Rules (each broken rule raises an error that names the files and the fix):
 
@@ -246,3 +247,40 @@ def load(
             anatomy=anatomy, center=center, pixel_spacing_mm=spacing, source=source, id=f"{source}:{img_file.stem}",
         ))
     return samples
+
+
+def save(images, masks, folder, names: Sequence[str] | None = None) -> tuple[Path, Path]:
+    """Write images and binary masks in the layout :func:`load` reads: ``folder/images/NAME.png`` (8-bit grey)
+    and ``folder/masks/NAME.png`` (0/255), same names. For exporting any data (e.g. SonoSynth samples) to a
+    folder, e.g. to run an external validation through the same loader a learner's own data goes through.
+
+    ``images``: ``(N, H, W)`` floats in ``[0, 1]`` (stored rounded to 1/255) or uint8; ``masks``: ``(N, H, W)`` binary
+    (bool or 0/1); ``names``: one file stem per image (default ``case_000`` ...). The two sub-folders are
+    created; existing files of the same names are overwritten. Returns ``(images_dir, masks_dir)``.
+    """
+    from PIL import Image
+
+    imgs, msks = np.asarray(images), np.asarray(masks)
+    if imgs.ndim != 3 or msks.ndim != 3:
+        raise ValueError(f"images and masks must be (N, H, W) stacks, got {imgs.shape} and {msks.shape}")
+    if imgs.shape != msks.shape:
+        raise ValueError(f"images {imgs.shape} and masks {msks.shape} differ; one mask per image, at its size")
+    if imgs.dtype != np.uint8 and imgs.dtype.kind != "f":
+        raise TypeError(f"images must be floats in [0, 1] or uint8, got {imgs.dtype}")
+    if imgs.dtype.kind == "f" and imgs.size and (np.isnan(imgs).any() or imgs.min() < 0 or imgs.max() > 1):
+        raise ValueError(f"images must be floats in [0, 1] (min {np.nanmin(imgs):.3g}, max {np.nanmax(imgs):.3g}); "
+                         f"rescale them first")
+    if msks.size and not np.isin(msks, (0, 1)).all():
+        raise ValueError("masks must be binary (bool or 0/1); threshold them first, e.g. probs > 0.5")
+    names = [f"case_{i:03d}" for i in range(len(imgs))] if names is None else [str(n) for n in names]
+    if len(names) != len(imgs) or len(set(names)) != len(names):
+        raise ValueError(f"names must be {len(imgs)} distinct file stems, got {len(names)} ({len(set(names))} distinct)")
+    root = Path(folder).expanduser()
+    out_i, out_m = root / "images", root / "masks"
+    out_i.mkdir(parents=True, exist_ok=True)
+    out_m.mkdir(parents=True, exist_ok=True)
+    for name, im, m in zip(names, imgs, msks):
+        a = np.round(im.astype(np.float64) * 255).astype(np.uint8) if imgs.dtype.kind == "f" else im
+        Image.fromarray(a).save(out_i / f"{name}.png")
+        Image.fromarray(m.astype(np.uint8) * 255).save(out_m / f"{name}.png")
+    return out_i, out_m

@@ -184,3 +184,22 @@ def test_bad_arguments(pairs):
         folders.load(*pairs, pixel_spacing_mm=-1)
     with pytest.raises(TypeError, match="masks folder is None"):
         folders.load(pairs[0], None)
+
+
+def test_save_writes_the_layout_load_reads(tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.random((3, 12, 10)).astype(np.float32)
+    msk = rng.random((3, 12, 10)) > 0.6
+    i_dir, m_dir = folders.save(img, msk, tmp_path / "export", names=["a", "b", "c"])
+    assert sorted(p.name for p in i_dir.iterdir()) == sorted(p.name for p in m_dir.iterdir()) == ["a.png", "b.png", "c.png"]
+    s = folders.load(i_dir, m_dir)
+    np.testing.assert_allclose(np.stack([x["image"] for x in s]), np.round(img * 255) / 255, atol=1e-6)
+    np.testing.assert_array_equal(np.stack([x["mask"] for x in s]), msk.astype(np.uint8))
+    with pytest.raises(ValueError, match="differ"):
+        folders.save(img, msk[:, :5], tmp_path / "x")
+    with pytest.raises(ValueError, match=r"floats in \[0, 1\]"):
+        folders.save(img * 2, msk, tmp_path / "x")
+    with pytest.raises(ValueError, match="binary"):
+        folders.save(img, msk * 0.5, tmp_path / "x")
+    with pytest.raises(ValueError, match="distinct file stems"):
+        folders.save(img, msk, tmp_path / "x", names=["a", "a", "b"])
