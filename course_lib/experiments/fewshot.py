@@ -262,9 +262,17 @@ def load_task(source: str, bb, P=None, *, centers=None, test_centers=None, seed:
 
 
 def coop_method(bb, *, steps: int, lr: float = 2e-3, batch_size: int = 32, ctx_init: str | None = COOP_CTX_INIT,
-                n_ctx: int = 4, cocoop: bool = False, classnames=PROMPT_CLASSNAMES, keep: list | None = None):
+                n_ctx: int | None = None, cocoop: bool = False, classnames=PROMPT_CLASSNAMES, keep: list | None = None):
     """A runner method (see :func:`default_methods`) that trains CoOp (or CoCoOp) on the support
-    features with ``bb``'s frozen text tower. ``keep``: a list that receives each trained model."""
+    features with ``bb``'s frozen text tower. ``keep``: a list that receives each trained model.
+
+    ``n_ctx`` (number of context vectors M) is only used when ``ctx_init`` is None (random init); by
+    default it is the token count of :data:`COOP_CTX_INIT`, so a random-init CoOp and a template-init
+    CoOp differ in the initialisation only, not in M (issue 12: M = 4 vs 5 confounded the comparison)."""
+    if ctx_init is None and n_ctx is None:
+        n_ctx = coop.CoOp(bb.model, bb.tokenize, classnames, ctx_init=COOP_CTX_INIT).prompt.n_ctx
+    n_ctx = 4 if n_ctx is None else n_ctx  # ignored by the prompt learner when ctx_init is given
+
     def fn(xs, ys, xq, T, seed):
         torch.manual_seed(seed)
         cls = coop.CoCoOp if cocoop else coop.CoOp

@@ -171,6 +171,30 @@ def test_train_prompt_predictor_budget_override():
     assert torch.allclose(p_prof, p_same) and not torch.allclose(p_prof, p_cheap)
 
 
+def test_random_init_coop_gets_the_template_inits_number_of_context_vectors():
+    """Issue 12 defect 6: notebook 03 compared CoOp initialised from the template (M = its token count, 5)
+    with a random-init CoOp at the old default M = 4, so the two differed in M as well as in the init.
+    By default the random-init runner method now uses the template's M: same trainable count exactly."""
+    from course_lib.experiments import fewshot as fs
+    from course_lib.methods.clip_fewshot import coop
+    from course_lib.models import load_backbone
+
+    bb = load_backbone("sonoclip-tiny", pretrained=None, device="cpu", verbose=False)
+    M = coop.CoOp.from_backbone(bb, fs.PROMPT_CLASSNAMES, ctx_init=fs.COOP_CTX_INIT).prompt.n_ctx
+    g = torch.Generator().manual_seed(0)
+    xs, ys = F.normalize(torch.randn(4, bb.embed_dim, generator=g), dim=-1), torch.tensor([0, 1, 0, 1])
+    counts = {}
+    for name, init in (("template", fs.COOP_CTX_INIT), ("random", None)):
+        kept = []
+        _, counts[name] = fs.coop_method(bb, steps=1, batch_size=4, ctx_init=init, keep=kept)(xs, ys, xs, None, 0)
+        assert kept[0].prompt.n_ctx == M, name
+    assert counts["template"] == counts["random"] == M * kept[0].prompt.tower.width
+    # an explicit M still wins for the random init
+    kept = []
+    fs.coop_method(bb, steps=1, batch_size=4, ctx_init=None, n_ctx=2, keep=kept)(xs, ys, xs, None, 0)
+    assert kept[0].prompt.n_ctx == 2
+
+
 def test_tip_adapter_f_with_augmented_views_and_search_after_training():
     """Issue 12 defect 3: keys from augmented views, training on random views, alpha/beta searched again after
     fine-tuning; the runner hands Tip-F the support indices when pool views are given."""

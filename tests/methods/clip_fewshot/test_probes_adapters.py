@@ -234,12 +234,13 @@ def test_shared_input_errors():
 def test_tip_search_at_one_shot_uses_paper_defaults_not_the_smallest_alpha():
     """Issue 12: leave-one-out at 1 shot per class removes each sample's only same-class key, so the old
     search always picked the smallest alpha (Tip == zero-shot by construction). Now: paper defaults."""
-    from course_lib.methods.clip_fewshot.tip_adapter import PAPER_ALPHA, PAPER_BETA
-
     x, y, t = toy()
     one = torch.tensor([0, 8, 16])  # one shot per class
     tip = TipAdapter(t, x[one], y[one])
     a, b = tip.search_hparams(x[one], y[one], alphas=(0.1, 1.0, 10.0), betas=(1.0, 5.5), leave_one_out=True)
+    assert a != 0.1, "1 shot: leave-one-out picked the smallest alpha (the old, degenerate protocol)"
+    from course_lib.methods.clip_fewshot.tip_adapter import PAPER_ALPHA, PAPER_BETA
+
     assert (a, b) == (PAPER_ALPHA, PAPER_BETA) == (1.0, 5.5)
     assert tip.hparam_source == "paper defaults (1 shot)"
     two = torch.tensor([0, 1, 8, 9, 16, 17])

@@ -103,9 +103,26 @@ def test_text_kl_pulls_clusters_toward_zero_shot_classes(sonosynth_features):
     assert agree(p3, anatomy) < agree(p0, anatomy) - 0.1
 
 
-def test_support_set_is_weighted_as_a_whole():
+def test_swapping_the_text_weights_permutes_the_predictions(sonosynth_features):
+    """Permutation equivariance: relabelling the classes (swapping their text weights) relabels every
+    prediction and changes nothing else. Issue 12 saw the old code 'simply flip' under this swap; the flip
+    itself is what any classifier must do — the defect was that lambda had no other effect (tested above)."""
+    x, _, _, t, scale = sonosynth_features
+    for lam in (0.0, 1.0):
+        z = transclip(x, t, logit_scale=scale, lam=lam)
+        z_sw = transclip(x, t.flip(0), logit_scale=scale, lam=lam)
+        assert torch.allclose(z_sw, z.flip(1), atol=1e-5), lam
+
+
+def test_support_set_is_weighted_as_a_whole(sonosynth_features):
     """Each set's likelihood term is normalised by its size: repeating the support set (same shots,
-    twice) changes nothing. The old code counted each shot as one query sample."""
+    five times) changes nothing. The old code counted each shot as one query sample: on these real
+    features five copies of 4 shots per class moved a query probability by 0.99996 (one prediction flipped)."""
+    xr, yr, _, tr, scale = sonosynth_features
+    sup = torch.cat([torch.nonzero(yr == k)[:4, 0] for k in (0, 1)])
+    z_once = transclip(xr, tr, support=xr[sup], support_labels=yr[sup], logit_scale=scale)
+    z_five = transclip(xr, tr, support=xr[sup.repeat(5)], support_labels=yr[sup.repeat(5)], logit_scale=scale)
+    assert torch.allclose(z_once, z_five, atol=1e-5)
     x, y, t = mixture(noisy_text=2.0)
     idx = torch.tensor([0, 1, 60, 61, 120, 121])
     a = transclip(x, t, support=x[idx], support_labels=y[idx], logit_scale=20.0, return_state=True)
