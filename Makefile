@@ -1,7 +1,8 @@
 # Foundation models for medical imaging, hands-on.
 #   make lab     set up .venv if missing, then open JupyterLab on notebooks/   (learners)
 #   make course  set up .venv if missing, then re-execute every notebook in place, quick profile,
-#                and print each notebook's wall time and the total            (the speed benchmark)
+#                two at a time (JOBS=2, one torch thread each), and print each notebook's wall time,
+#                their sum and the wall time of the whole run                 (the speed benchmark)
 #   make test    set up .venv if missing, then unit tests + every notebook under nbval + the reproducibility
 #                check of notebook 00 (what CI runs)
 #   make slides  one offline reveal.js deck per notebook + an index page in slides/build/ (instructors)
@@ -21,6 +22,9 @@ STAMP      := $(VENV)/.installed
 THREADS    ?= 1
 # Fail fast: a quick-profile cell takes well under a minute on 2 cores, so a cell that runs 120 s is stuck;
 # a notebook that runs 600 s in all is stopped (tools/nbval_guard.py), naming the notebook, cell and seconds.
+# Notebooks executed at the same time by `make course` (one kernel each, THREADS torch threads each): 2 uses
+# both cores of the build box; `make course JOBS=1` runs them one after another as a learner would.
+JOBS       ?= 2
 CELL_TIMEOUT ?= 120
 NB_CAP     ?= 600
 NBVAL_OPTS := --nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) \
@@ -44,7 +48,7 @@ lab: setup
 
 course: setup
 	COURSE_PROFILE=quick OMP_NUM_THREADS=$(THREADS) $(BIN)/python tools/run_course.py notebooks \
-	  --cell-timeout $(CELL_TIMEOUT) --notebook-cap $(NB_CAP)
+	  --cell-timeout $(CELL_TIMEOUT) --notebook-cap $(NB_CAP) --jobs $(JOBS)
 
 test: setup
 	$(HEADLESS) PYTHONWARNINGS=ignore::DeprecationWarning $(BIN)/python -m pytest tests notebooks $(NBVAL_OPTS)

@@ -4,10 +4,14 @@
     python tools/run_course.py notebooks                 # every NN_*.ipynb, in order
     python tools/run_course.py notebooks/03_*.ipynb      # some of them
     python tools/run_course.py notebooks --no-write      # execute only (a check), keep the files as they are
+    python tools/run_course.py notebooks -j 2            # two notebooks at a time (one kernel each), both cores
 
 Outputs saved in the notebooks always come from this execution of the committed code.
 A notebook that fails is *not* overwritten; the error is printed and the exit code is 1.
-The table (also written to benchmarks/course_times.json) is the course's speed benchmark.
+The table (also written to benchmarks/course_times.json) is the course's speed benchmark: each
+notebook's wall time, their **sum** (what a learner who runs them one after another waits) and the
+**wall** time of the whole run (smaller with ``-j 2``, where two kernels share the cores; each
+notebook's own time is then a little longer than alone).
 
 Fail fast instead of stalling: every cell has a timeout (``--cell-timeout``, 120 s by default, the
 slowest quick-profile cell takes well under a minute on 2 cores) and every notebook a cap
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import copy
 import datetime as _dt
 import json
@@ -43,6 +48,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -374,35 +380,62 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"wall-time cap per notebook in seconds (default {DEFAULT_NOTEBOOK_CAP})")
     ap.add_argument("--no-record", action="store_true", help="do not update benchmarks/course_times.json")
     ap.add_argument("--no-write", action="store_true", help="execute only; leave the notebook files untouched")
+    ap.add_argument("--jobs", "-j", type=int, default=1,
+                    help="notebooks executed at the same time, each in its own kernel (default 1). With N > 1 the "
+                         "longest notebooks (by the recorded times) start first; each kernel keeps its own thread "
+                         "count (OMP_NUM_THREADS), so on a 2-core box '-j 2' with 1 thread each uses both cores")
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error(f"--jobs must be at least 1, got {args.jobs}")
 
     os.environ.setdefault("COURSE_PROFILE", "quick")
     notebooks = collect(args.paths)
-    rows, failed = [], []
-    total0 = time.perf_counter()
-    for path in notebooks:
-        print(f"running {path.name} ...", flush=True)
+    rec_path = ROOT / "benchmarks" / "course_times.json"
+    known = json.loads(rec_path.read_text()).get("notebooks", {}) if rec_path.exists() else {}
+    results: dict[Path, RunResult] = {}
+    lock = threading.Lock()
+
+    def one(path: Path) -> None:
+        with lock:
+            print(f"running {path.name} ...", flush=True)
         res = execute(path, cell_timeout=args.cell_timeout, notebook_cap=args.notebook_cap)
-        if res.ok:
-            if not args.no_write:
+        with lock:
+            results[path] = res
+            if res.ok and not args.no_write:
                 nbformat.write(res.nb, path)
-            rows.append((path.name, res.seconds, "ok"))
-        else:
-            failed.append(path.name)
-            rows.append((path.name, res.seconds, f"FAILED ({res.kind})"))
-            print(res.error, file=sys.stderr, flush=True)
-        if res.late:
-            print(f"  note: {res.late} kernel message(s) arrived late (worst {res.max_lag:.1f} s)", flush=True)
+            print(f"  {path.name}: {res.seconds:.1f} s, {'ok' if res.ok else 'FAILED (' + res.kind + ')'}", flush=True)
+            if not res.ok:
+                print(res.error, file=sys.stderr, flush=True)
+            if res.late:
+                print(f"  note: {res.late} kernel message(s) arrived late (worst {res.max_lag:.1f} s)", flush=True)
+
+    total0 = time.perf_counter()
+    if args.jobs == 1:
+        for path in notebooks:
+            one(path)
+    else:  # longest first (LPT), so the last notebook to finish is a short one
+        order = sorted(notebooks, key=lambda p: -known.get(p.name, 60.0))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for f in [pool.submit(one, p) for p in order]:
+                f.result()
     total = time.perf_counter() - total0
+    rows, failed = [], []
+    for path in notebooks:
+        res = results[path]
+        rows.append((path.name, res.seconds, "ok" if res.ok else f"FAILED ({res.kind})"))
+        if not res.ok:
+            failed.append(path.name)
+    serial = sum(r[1] for r in rows)
 
     width = max([len(r[0]) for r in rows] + [8])
     print(f"\n{'notebook':<{width}}  {'seconds':>8}  status")
     for name, sec, status in rows:
         print(f"{name:<{width}}  {sec:8.1f}  {status}")
-    print(f"{'total':<{width}}  {total:8.1f}  profile={os.environ['COURSE_PROFILE']}, cores={os.cpu_count()}")
+    print(f"{'sum':<{width}}  {serial:8.1f}  (one notebook after another, as a learner runs them)")
+    print(f"{'total':<{width}}  {total:8.1f}  wall, {args.jobs} job(s); profile={os.environ['COURSE_PROFILE']}, "
+          f"cores={os.cpu_count()}")
 
     if not args.no_record and not failed and not args.no_write:
-        rec_path = ROOT / "benchmarks" / "course_times.json"
         rec = json.loads(rec_path.read_text()) if rec_path.exists() else {}
         rec.setdefault("notebooks", {})
         # forget notebooks that no longer exist (renamed or removed), so the table never mixes in stale rows
@@ -411,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, sec, _ in rows:
             rec["notebooks"][name] = round(sec, 1)
         rec["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
+        if len(rows) == len(existing):  # a whole-course run: record its wall time and sum
+            rec["jobs"], rec["wall_seconds"], rec["sum_seconds"] = args.jobs, round(total, 1), round(serial, 1)
         rec["profile"] = os.environ["COURSE_PROFILE"]
         rec_path.parent.mkdir(exist_ok=True)
         rec_path.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")

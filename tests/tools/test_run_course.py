@@ -125,3 +125,31 @@ def test_stock_mode_wrapper_passes_messages_through():
     client._wrap(channel)
     assert asyncio.run(channel.get_msg(timeout=None)) is Immediate.msg
     assert client.rescued == 0
+
+
+def test_jobs_run_notebooks_at_the_same_time_and_write_each(tmp_path, capsys):
+    """``-j 2``: two kernels at once (their cells overlap in time), each notebook written with its own
+    outputs, the table lists both in notebook order with their sum and the wall time; a failing notebook
+    is not written and makes the exit code 1 without stopping the other."""
+    code = "import time\nt0 = time.time()\ntime.sleep(6)\nprint(t0, time.time())"
+    a = _notebook(tmp_path, code, name="01_a.ipynb")
+    b = _notebook(tmp_path, code, name="02_b.ipynb")
+    assert rc.main([str(a), str(b), "-j", "2", "--no-record"]) == 0
+    spans = [tuple(map(float, nbformat.read(p, as_version=4).cells[0].outputs[0]["text"].split())) for p in (a, b)]
+    (s1, e1), (s2, e2) = spans
+    assert s2 < e1 and s1 < e2, f"the two notebooks did not overlap: {spans}"
+    out = capsys.readouterr().out
+    assert out.index("01_a.ipynb  ") < out.index("02_b.ipynb  ") and "sum" in out and "2 job(s)" in out
+
+    bad = _notebook(tmp_path, "raise RuntimeError('boom')", name="03_bad.ipynb")
+    before = bad.read_text()
+    c = _notebook(tmp_path, "print('fine')", name="04_c.ipynb")
+    assert rc.main([str(bad), str(c), "-j", "2", "--no-record"]) == 1
+    assert bad.read_text() == before
+    assert nbformat.read(c, as_version=4).cells[0].outputs[0]["text"] == "fine\n"
+
+
+def test_jobs_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        rc.main(["notebooks", "-j", "0"])
+    assert "--jobs must be at least 1" in capsys.readouterr().err
