@@ -449,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
         rec["profile"] = os.environ["COURSE_PROFILE"]
         rec_path.parent.mkdir(exist_ok=True)
         rec_path.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
+        import readme_times  # the README's notebook map is generated from this file, never typed
+
+        readme_times.main([])
     return 1 if failed else 0
 
 
