@@ -42,7 +42,7 @@ import torch.nn as nn
 
 from course_lib import checkpoints, losses, metrics, runtime
 from course_lib.methods.segfm.meta_training import in_task_augment, running_mean, task_augment
-from course_lib.methods.segfm.universeg import CrossBlock, UniverSeg, _pool, _up, check_inputs
+from course_lib.methods.segfm.universeg import UniverSeg, _pool, _up, check_inputs, crossblock_levels
 from course_lib.train import fit
 
 runtime.register_section(
@@ -109,16 +109,7 @@ class Tyche(nn.Module):
             raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels}; e.g. (16, 16, 16, 16)")
         self.channels, self.depth, self.validate = channels, len(channels) - 1, validate
         self.candidates = _check_k(candidates)
-        enc, cu, cv = [], 2, 2  # query branch: image + noise
-        for c in channels:
-            enc.append(CrossBlock(cu, cv, c))
-            cu = cv = c
-        self.enc = nn.ModuleList(enc)
-        dec = []
-        for lvl in range(self.depth - 1, -1, -1):
-            c_in = channels[lvl + 1] + channels[lvl]
-            dec.append(CrossBlock(c_in, c_in, channels[lvl]))
-        self.dec = nn.ModuleList(dec)
+        self.enc, self.dec = crossblock_levels(channels, query_in=2, support_in=2)  # query branch: image + noise
         self.set_enc = nn.ModuleList(SetBlock(c) for c in channels)
         self.set_dec = nn.ModuleList(SetBlock(channels[lvl]) for lvl in range(self.depth - 1, -1, -1))
         self.out = nn.Conv2d(channels[0], 1, 1)

@@ -161,6 +161,21 @@ def _up(u, v):
     return F.interpolate(u, scale_factor=2, mode="nearest"), vu.view(B, S, *vu.shape[1:])
 
 
+def crossblock_levels(channels: Sequence[int], query_in: int, support_in: int) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """The encoder and decoder CrossBlocks of a UniverSeg-style U-Net (Sec. 3.2): one encoder block per
+    level (``query_in``/``support_in`` input channels at the first level), one decoder block per up-sampling
+    taking the level below concatenated with the skip. Shared by :class:`UniverSeg` and Tyche."""
+    enc, cu, cv = [], query_in, support_in
+    for c in channels:
+        enc.append(CrossBlock(cu, cv, c))
+        cu = cv = c
+    dec = []
+    for lvl in range(len(channels) - 2, -1, -1):
+        c_in = channels[lvl + 1] + channels[lvl]
+        dec.append(CrossBlock(c_in, c_in, channels[lvl]))
+    return nn.ModuleList(enc), nn.ModuleList(dec)
+
+
 class UniverSeg(nn.Module):
     """Multi-scale encoder-decoder of CrossBlocks (Sec. 3.2). ``forward(query, support) -> logits``.
 
@@ -175,16 +190,7 @@ class UniverSeg(nn.Module):
         self.channels = channels
         self.depth = len(channels) - 1
         self.validate = validate
-        enc, cu, cv = [], 1, 2
-        for c in channels:
-            enc.append(CrossBlock(cu, cv, c))
-            cu = cv = c
-        self.enc = nn.ModuleList(enc)
-        dec = []
-        for lvl in range(self.depth - 1, -1, -1):
-            c_in = channels[lvl + 1] + channels[lvl]
-            dec.append(CrossBlock(c_in, c_in, channels[lvl]))
-        self.dec = nn.ModuleList(dec)
+        self.enc, self.dec = crossblock_levels(channels, query_in=1, support_in=2)
         self.out = nn.Conv2d(channels[0], 1, 1)
 
     # region: universeg-forward
