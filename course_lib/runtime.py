@@ -104,7 +104,7 @@ class Profile:
             )
         values = _SECTIONS[name][self.name]
         if self.smoke:
-            values = smoke_values(_SECTIONS[name]["quick"], values)
+            values = {**smoke_values(_SECTIONS[name]["quick"], values), **_SECTIONS[name].get("smoke", {})}
         return SimpleNamespace(**values)
 
     def with_(self, **changes: Any) -> "Profile":
@@ -155,14 +155,43 @@ _BASE = {
 _SECTIONS: dict[str, dict[str, dict]] = {}
 
 #: in smoke mode these keys keep the profile's own value (shapes: what a GPU learner's code path depends on);
-#: every other key (counts, steps, epochs, samples, seeds, shot lists) takes the quick profile's value
+#: every other key (counts, steps, epochs, samples, seeds, shot lists) takes the quick profile's value, except
+#: string values (model / encoder names, modes: they pick the code path), which also keep the profile's value
 SMOKE_SHAPE_WORDS = ("image_size", "img_size", "resolution", "patch", "width", "depth", "rank", "dim", "backbone",
-                     "heads", "channels", "features", "layers", "prompt_len", "experts")
+                     "heads", "channels", "features", "layers", "prompt_len", "experts", "encoder")
+#: smoke mode's few-shot settings and real-image cap (per class). Consistent by construction: a k-shot draw
+#: from BUSI's pool (half of ``SMOKE_MAX_REAL`` per class) leaves test images, even at the largest k
+SMOKE_SHOTS = (1, 2, 4)
+SMOKE_MAX_REAL = 16
+
+
+#: smoke mode caps the quick counts further where a key names them: real architectures at real sizes are 10-1000x
+#: the quick profile's tiny models, so e.g. 30 quick steps of SAM 2 at 512 px would take many minutes on a CPU.
+#: ``steps``/``epochs`` (ints) at most these values; ``seeds``: one seed (an int count -> 1, a tuple -> its first)
+SMOKE_MAX_STEPS = 4
+SMOKE_MAX_EPOCHS = 2
+
+
+def _keeps_profile_value(key: str, value) -> bool:
+    return any(w in key for w in SMOKE_SHAPE_WORDS) or isinstance(value, str)
+
+
+def _smoke_count(key: str, value):
+    if isinstance(value, bool) or not isinstance(value, (int, tuple, list)):
+        return value
+    if key.endswith("seeds"):
+        return min(value, 1) if isinstance(value, int) else type(value)(value[:1])
+    if isinstance(value, int) and key.endswith("steps"):
+        return min(value, SMOKE_MAX_STEPS)
+    if isinstance(value, int) and key.endswith("epochs"):
+        return min(value, SMOKE_MAX_EPOCHS)
+    return value
 
 
 def smoke_values(quick: dict, full: dict) -> dict:
-    """Full-profile shapes with quick-profile counts (see :data:`SMOKE_SHAPE_WORDS`)."""
-    return {k: (v if any(w in k for w in SMOKE_SHAPE_WORDS) else quick.get(k, v)) for k, v in full.items()}
+    """Full-profile shapes and code paths (see :data:`SMOKE_SHAPE_WORDS`) with quick-profile counts, steps,
+    epochs and seeds capped (:data:`SMOKE_MAX_STEPS`, :data:`SMOKE_MAX_EPOCHS`, one seed)."""
+    return {k: (v if _keeps_profile_value(k, v) else _smoke_count(k, quick.get(k, v))) for k, v in full.items()}
 
 
 def smoke_mode() -> bool:
@@ -174,19 +203,29 @@ def smoke_mode() -> bool:
     return v in ("1", "true", "yes")
 
 
-def register_section(name: str, *, quick: dict, full: dict) -> None:
+def register_section(name: str, *, quick: dict, full: dict, smoke: dict | None = None) -> None:
     """Declare the sizes a module needs, once per profile (same keys in both).
 
     Called at import time by method modules, e.g.::
 
         runtime.register_section("universeg", quick=dict(steps=300), full=dict(steps=20000))
+
+    ``smoke`` (optional, a subset of the keys): counts for smoke mode (``COURSE_SMOKE=1``) that replace the
+    automatic ones of :func:`smoke_values`, for sections whose real-size models make even the quick counts too
+    slow or too large on a CPU. Only counts belong here: shapes and code paths always stay the profile's.
     """
     if set(quick) != set(full):
         raise ValueError(
             f"profile section {name!r}: quick and full must define the same keys; "
             f"only in quick: {sorted(set(quick) - set(full))}, only in full: {sorted(set(full) - set(quick))}"
         )
-    _SECTIONS[name] = {"quick": dict(quick), "full": dict(full)}
+    smoke = dict(smoke or {})
+    if set(smoke) - set(full):
+        raise ValueError(f"profile section {name!r}: smoke overrides unknown keys {sorted(set(smoke) - set(full))}")
+    shapes = sorted(k for k in smoke if _keeps_profile_value(k, full[k]))
+    if shapes:
+        raise ValueError(f"profile section {name!r}: smoke may only override counts, not shapes or code paths {shapes}")
+    _SECTIONS[name] = {"quick": dict(quick), "full": dict(full), "smoke": smoke}
 
 
 def profile_name_from_env() -> str:
@@ -220,8 +259,9 @@ def get_profile(name: str | None = None) -> Profile:
         if base["threads"] < 0:
             raise ValueError(f"COURSE_THREADS must be an integer >= 0 (0 = torch's default), got {env_threads!r}")
     if smoke_mode():
-        shapes = {k: v for k, v in base.items() if any(w in k for w in SMOKE_SHAPE_WORDS)}
-        base = {**_BASE["quick"], **shapes, "smoke": True, "seeds": (0,), "max_real": 16,
+        shapes = {k: v for k, v in base.items() if _keeps_profile_value(k, v)}
+        base = {**_BASE["quick"], **shapes, "smoke": True, "seeds": (0,), "max_real": SMOKE_MAX_REAL,
+                "shots": SMOKE_SHOTS, "epochs": min(_BASE["quick"]["epochs"], SMOKE_MAX_EPOCHS),
                 "threads": base["threads"]}
     return Profile(name=name, **base)
 

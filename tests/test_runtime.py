@@ -241,12 +241,51 @@ def test_smoke_mode_keeps_full_shapes_with_quick_counts(monkeypatch):
     monkeypatch.setenv("COURSE_SMOKE", "1")
     P = runtime.get_profile("full")
     assert P.smoke and P.name == "full" and P.image_size == 224 and P.clip_image_size == 224
-    assert P.n_train == runtime._BASE["quick"]["n_train"] and P.epochs == runtime._BASE["quick"]["epochs"]
+    assert P.n_train == runtime._BASE["quick"]["n_train"] and P.epochs == min(runtime._BASE["quick"]["epochs"], runtime.SMOKE_MAX_EPOCHS)
     assert P.seeds == (0,)
     sec = P.section("smoke_test_section")
-    assert (sec.image_size, sec.lora_rank, sec.steps, sec.shots) == (224, 8, 10, (1, 2))
+    assert (sec.image_size, sec.lora_rank, sec.steps, sec.shots) == (224, 8, min(10, runtime.SMOKE_MAX_STEPS), (1, 2))
     monkeypatch.setenv("COURSE_SMOKE", "maybe")
     with pytest.raises(ValueError, match="COURSE_SMOKE"):
         runtime.get_profile("full")
     monkeypatch.delenv("COURSE_SMOKE")
     assert not runtime.get_profile("full").smoke and runtime.get_profile("full").section("smoke_test_section").steps == 5000
+
+
+def test_smoke_mode_keeps_code_path_strings_and_caps_counts(monkeypatch):
+    """Names that pick a code path (encoder, mode) keep the full profile's value; steps/epochs/seeds are capped."""
+    runtime.register_section("smoke_test_paths", quick=dict(encoder="sonoclip-tiny", mode="lit", steps=30, epochs=6,
+                                                            seeds=3, stage1_seeds=(0, 1, 2), n_train=64),
+                             full=dict(encoder="facebook/sam2.1-hiera-small", mode="clip", steps=6000, epochs=50,
+                                       seeds=3, stage1_seeds=(0, 1, 2), n_train=2000))
+    monkeypatch.setenv("COURSE_SMOKE", "1")
+    sec = runtime.get_profile("full").section("smoke_test_paths")
+    assert (sec.encoder, sec.mode) == ("facebook/sam2.1-hiera-small", "clip")
+    assert (sec.steps, sec.epochs, sec.seeds, sec.stage1_seeds, sec.n_train) == (
+        runtime.SMOKE_MAX_STEPS, runtime.SMOKE_MAX_EPOCHS, 1, (0,), 64)
+    monkeypatch.delenv("COURSE_SMOKE")
+    q = runtime.get_profile("quick").section("smoke_test_paths")  # the quick profile is untouched
+    assert (q.encoder, q.mode, q.steps, q.seeds) == ("sonoclip-tiny", "lit", 30, 3)
+
+
+def test_smoke_shots_leave_test_images_in_the_real_pools(monkeypatch):
+    """BUSI pools hold max_real // 2 images per class (notebooks 03/04) and notebook 02 draws k shots from max_real
+    per class: the largest k must leave test images in both (it did not: k=16 with 8 per class)."""
+    monkeypatch.setenv("COURSE_SMOKE", "1")
+    P = runtime.get_profile("full")
+    assert max(P.shots) < P.max_real // 2 and min(P.shots) >= 1
+
+
+def test_section_smoke_overrides_counts_only(monkeypatch):
+    runtime.register_section("smoke_test_override", quick=dict(n_val=10, image_size=64), full=dict(n_val=150, image_size=512),
+                             smoke=dict(n_val=2))
+    monkeypatch.setenv("COURSE_SMOKE", "1")
+    assert vars(runtime.get_profile("full").section("smoke_test_override")) == dict(n_val=2, image_size=512)
+    monkeypatch.delenv("COURSE_SMOKE")
+    assert runtime.get_profile("quick").section("smoke_test_override").n_val == 10
+    assert runtime.get_profile("full").section("smoke_test_override").n_val == 150
+    with pytest.raises(ValueError, match="only override counts"):
+        runtime.register_section("smoke_test_bad", quick=dict(image_size=64), full=dict(image_size=512),
+                                 smoke=dict(image_size=64))
+    with pytest.raises(ValueError, match="unknown keys"):
+        runtime.register_section("smoke_test_bad", quick=dict(steps=1), full=dict(steps=2), smoke=dict(stepz=1))

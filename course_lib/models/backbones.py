@@ -18,6 +18,7 @@ symmetric InfoNCE, see :mod:`course_lib.models.pretrain`). Names:
                        open_clip ``ViT-B-16-quickgelu`` / ``metaclip_400m``
 ``"auto"``             the best backbone that can actually be had right now (cached or hub
                        reachable), printed together with the reason; offline -> ``sonoclip-tiny``
+                       (smoke mode, ``COURSE_SMOKE=1``: ViT-B-16 at 224 px with random weights)
 any open_clip name     e.g. ``"ViT-B-32"`` with an open_clip pretrained tag
 =====================  =====================================================================
 
@@ -105,6 +106,9 @@ _ALIASES = {
 }
 #: order in which ``auto`` tries backbones on a GPU (full profile)
 AUTO_ORDER = ("biomedclip", "ViT-B-16", "metaclip-b16")
+#: what ``auto`` resolves to in smoke mode (``COURSE_SMOKE=1``) when nothing is cached and the hub is unreachable:
+#: the ViT-B/16 architecture at 224 px with random weights (BiomedCLIP's config and tokenizer live on the hub)
+SMOKE_AUTO = "ViT-B-16"
 
 DEFAULT = "default"
 
@@ -624,7 +628,24 @@ def auto_choice(profile=None, verbose: bool = True) -> tuple[str, str]:
             return cand, f"{REAL_BACKBONES[cand][3]}: weights already cached"
     if runtime.hub_reachable():
         return AUTO_ORDER[0], f"{REAL_BACKBONES[AUTO_ORDER[0]][3]}: hub reachable, will download once"
+    if getattr(P, "smoke", False):
+        return SMOKE_AUTO, (f"SMOKE mode, offline: the real {REAL_BACKBONES[SMOKE_AUTO][3].split(' (')[0]} architecture "
+                            f"at 224 px with RANDOM weights (no pretrained backbone cached, hub unreachable): shapes and "
+                            f"code paths are the GPU learner's, every number is meaningless")
     return SONOCLIP_TINY_NAME, "no pretrained backbone cached and the hub is unreachable (offline)"
+
+
+def smoke_random_weights(name: str, pretrained=DEFAULT) -> bool:
+    """In smoke mode (``COURSE_SMOKE=1``), should ``name`` be built with random weights? True for a real
+    open_clip architecture asked with its *default* weights (``pretrained="default"``) that are neither cached
+    nor downloadable; the notebook's code path then runs on the real architecture (the smoke run checks shapes,
+    not numbers). An explicit tag (``pretrained="openai"``) still raises offline, as outside smoke mode."""
+    if not runtime.smoke_mode() or pretrained != DEFAULT:
+        return False
+    name = canonical_name(name)
+    if name in (SONOCLIP_TINY_NAME, "auto") or _arch_and_tag(name, DEFAULT)[0].startswith("hf-hub:"):
+        return False
+    return not weights_cached(name, pretrained) and not runtime.hub_reachable()
 
 
 def load_backbone(name: str = "auto", pretrained=DEFAULT, device=None, verbose: bool = True) -> Backbone:
@@ -641,6 +662,10 @@ def load_backbone(name: str = "auto", pretrained=DEFAULT, device=None, verbose: 
         if verbose:
             print(f"load_backbone('auto') -> {cname}: {why}")
         pretrained = DEFAULT
+    if smoke_random_weights(cname, pretrained):
+        print(f"load_backbone({name!r}): SMOKE mode, offline -> {cname} with RANDOM weights (pretrained=None): the real "
+              f"architecture, meaningless numbers")
+        pretrained = None
     if cname == SONOCLIP_TINY_NAME:
         model, path = load_sonoclip_tiny(pretrained)
         tok = tiny_tokenizer()

@@ -224,6 +224,7 @@ def test_biomedclip_random_init_is_explained():
 
 
 def test_auto_offline_picks_tiny_and_says_why(monkeypatch, capsys):
+    monkeypatch.delenv("COURSE_SMOKE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("COURSE_PROFILE", "full")
     name, why = B.auto_choice()
@@ -232,6 +233,36 @@ def test_auto_offline_picks_tiny_and_says_why(monkeypatch, capsys):
     bb = load_backbone("auto", device="cpu")
     assert bb.name == "sonoclip-tiny"
     assert "load_backbone('auto') -> sonoclip-tiny" in capsys.readouterr().out
+
+
+def test_auto_in_smoke_mode_offline_is_random_vit_b16_at_224(monkeypatch, capsys, tmp_path):
+    """COURSE_SMOKE=1 offline: 'auto' is the real ViT-B/16 architecture at 224 px with random weights (it was the
+    64-px sonoclip-tiny, so notebooks 01-04 never ran ViT-B/16), and says so; the quick profile is unchanged."""
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))  # nothing cached
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("COURSE_SMOKE", "1")
+    monkeypatch.setenv("COURSE_PROFILE", "full")
+    name, why = B.auto_choice()
+    assert name == "ViT-B-16" and "RANDOM weights" in why and "224 px" in why
+    bb = load_backbone("auto", device="cpu")
+    out = capsys.readouterr().out
+    assert "load_backbone('auto') -> ViT-B-16" in out and "RANDOM weights" in out
+    assert bb.pretrained is None
+    assert (bb.image_size, bb.patch_size, bb.grid, bb.width, bb.depth, bb.embed_dim) == (224, 16, (14, 14), 768, 12, 512)
+    with torch.no_grad():
+        assert bb.encode_image(torch.rand(1, 3, 224, 224)).shape == (1, 512)
+    # the default weights of a named open_clip model also fall back in smoke mode (notebook 03's CoOp fallback) ...
+    assert load_backbone("ViT-B-16", device="cpu", verbose=False).pretrained is None
+    # ... an explicit tag still raises offline, and outside smoke mode nothing changes
+    with pytest.raises(B.BackboneUnavailableError):
+        load_backbone("ViT-B-16", pretrained="openai", device="cpu")
+    monkeypatch.setenv("COURSE_SMOKE", "0")
+    assert B.auto_choice()[0] == "sonoclip-tiny"
+    with pytest.raises(B.BackboneUnavailableError):
+        load_backbone("ViT-B-16", device="cpu")
+    monkeypatch.setenv("COURSE_SMOKE", "1")
+    monkeypatch.setenv("COURSE_PROFILE", "quick")
+    assert B.auto_choice()[0] == "sonoclip-tiny"
 
 
 # --------------------------------------------------------------------------- maths

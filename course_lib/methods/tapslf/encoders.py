@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["ViTEncoder", "DaViTEncoder", "make_encoder", "tiny_florence2_config", "florence2_base_config",
-           "load_florence2_vision", "FLORENCE2_REPO"]
+           "random_florence2_model", "load_florence2_vision", "FLORENCE2_REPO"]
 
 #: Hugging Face repository of the converted (native ``transformers``) Florence-2-base checkpoint
 FLORENCE2_REPO = "florence-community/Florence-2-base"
@@ -246,22 +246,38 @@ def florence2_base_config():
                                  num_groups=[4, 8, 16, 32], window_size=12, drop_path_rate=0.0)
 
 
+def random_florence2_model():
+    """``Florence2ForConditionalGeneration`` with Florence-2-base's vision encoder (:func:`florence2_base_config`)
+    and a tiny BART language model, random weights: what :mod:`course_lib.models.offline_hub` saves as the offline
+    stand-in of ``FLORENCE2_REPO`` (only the vision tower is used by TAP-SLF; the language model is dropped)."""
+    from transformers import BartConfig, Florence2Config, Florence2ForConditionalGeneration
+
+    text = BartConfig(vocab_size=64, d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                      decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64)
+    return Florence2ForConditionalGeneration(Florence2Config(vision_config=florence2_base_config(), text_config=text,
+                                                             image_token_id=63)).eval()
+
+
 def load_florence2_vision(pretrained: bool = True, repo: str = FLORENCE2_REPO, config=None):
     """The Florence-2 vision encoder as a ``transformers.Florence2VisionBackbone``.
 
     ``pretrained=False`` builds it from ``config`` (default: :func:`florence2_base_config`) with random
     weights, offline. ``pretrained=True`` loads ``repo`` with the native classes (no remote code) and
     keeps only ``model.vision_tower``; offline or unreachable, it raises a ``RuntimeError`` saying how
-    to get the weights.
+    to get the weights, except in smoke mode (``COURSE_SMOKE=1``), where the same ``from_pretrained`` call loads
+    a local random-weight folder in the hub layout (:func:`random_florence2_model`, ``models.offline_hub``).
     """
     from transformers import Florence2VisionBackbone
 
     if not pretrained:
         return Florence2VisionBackbone(config or florence2_base_config()).eval()
+    from course_lib.models import offline_hub
+
+    src = offline_hub.resolve(repo, random_florence2_model)  # smoke mode offline: a local random-weight folder
     try:
         from transformers import Florence2ForConditionalGeneration
 
-        full = Florence2ForConditionalGeneration.from_pretrained(repo)
+        full = Florence2ForConditionalGeneration.from_pretrained(src)
     except Exception as e:  # network, cache or format problem: say what was asked and how to fix it
         raise RuntimeError(
             f"could not load Florence-2 weights from {repo!r} ({type(e).__name__}: {e}). Download them once with "

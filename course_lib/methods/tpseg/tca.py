@@ -151,14 +151,46 @@ class LoRALinear(nn.Module):
         return self.base(x) + self.scale * F.linear(F.linear(x, self.A), self.B)
 
 
+#: SAM 2.1 Hiera image encoders as published (sam2 configs: embed_dim, num_heads, stages, global_att_blocks,
+#: window_pos_embed_bkg_spatial_size, window_spec); heads and widths double at every stage
+SAM2_HIERA = {
+    "tiny": (96, 1, (1, 2, 7, 2), (5, 7, 9), (7, 7), (8, 4, 14, 7)),
+    "small": (96, 1, (1, 2, 11, 2), (7, 10, 13), (7, 7), (8, 4, 14, 7)),
+    "base-plus": (112, 2, (2, 3, 16, 3), (12, 16, 20), (14, 14), (8, 4, 14, 7)),
+    "large": (144, 2, (2, 6, 36, 4), (23, 33, 43), (7, 7), (8, 4, 16, 8)),
+}
+
+
+def random_sam2_model(name: str = "facebook/sam2.1-hiera-small"):
+    """``Sam2Model`` with the published Hiera image encoder of ``name`` (tiny/small/base-plus/large, see
+    :data:`SAM2_HIERA`) and ``transformers``' default prompt encoder / mask decoder, random weights: the offline
+    stand-in that :mod:`course_lib.models.offline_hub` saves for smoke runs."""
+    from transformers import Sam2Config, Sam2HieraDetConfig, Sam2Model, Sam2VisionConfig
+
+    size = next((k for k in sorted(SAM2_HIERA, key=len, reverse=True) if f"hiera-{k}" in name.lower()), None)
+    if size is None:
+        raise ValueError(f"no offline SAM 2 architecture for {name!r}; known: "
+                         f"{[f'facebook/sam2.1-hiera-{k}' for k in SAM2_HIERA]}")
+    d, h, stages, glob, bkg, win = SAM2_HIERA[size]
+    dims = [d * 2 ** i for i in range(4)]
+    bc = Sam2HieraDetConfig(hidden_size=d, embed_dim_per_stage=dims, num_attention_heads_per_stage=[h * 2 ** i for i in range(4)],
+                            blocks_per_stage=list(stages), global_attention_blocks=list(glob),
+                            window_positional_embedding_background_size=list(bkg), window_size_per_stage=list(win))
+    vc = Sam2VisionConfig(backbone_config=bc, backbone_channel_list=dims[::-1])
+    return Sam2Model(Sam2Config(vision_config=vc)).eval()
+
+
 def load_sam2_encoder(name: str = "facebook/sam2.1-hiera-small", device=None) -> nn.Module:
     """The vision encoder (``Sam2VisionModel``) of a SAM 2 checkpoint through ``transformers``' native
     classes (no remote code). Raises a ``RuntimeError`` that names the model and the fix when it cannot
     be loaded (offline and not cached)."""
     from transformers import Sam2Model
 
+    from course_lib.models import offline_hub
+
+    src = offline_hub.resolve(name, lambda: random_sam2_model(name))  # smoke mode offline: random-weight folder
     try:
-        model = Sam2Model.from_pretrained(name)
+        model = Sam2Model.from_pretrained(src)
     except Exception as e:  # noqa: BLE001 - re-raised with what was asked and how to fix it
         raise RuntimeError(
             f"could not load SAM 2 model {name!r} ({type(e).__name__}: {e}). It needs internet once (then the "
@@ -298,6 +330,10 @@ class TaskConditionedEncoder(nn.Module):
             raise ValueError(f"images must be (B, 1 or 3, H, W), got {tuple(x.shape)}")
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
+        if self.kind == "vit" and tuple(x.shape[-2:]) != tuple(self.image_size):
+            # a ViT's positional embedding fixes its input size (e.g. 224 px for ViT-B/16): resample the images to
+            # it; TPSeg.forward upsamples the logits back to the input size
+            x = F.interpolate(x, size=tuple(self.image_size), mode="bilinear", align_corners=False, antialias=True)
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         self._task, self._feats = task, {}
         self._gates = self.gates(task) if self.adapter_kind == "dual" else None

@@ -158,3 +158,20 @@ def test_bad_arguments(tiny_vit):
     enc = TaskConditionedEncoder(tiny_vit(), "vit", 2)
     with pytest.raises(ValueError, match="images must be"):
         enc(torch.rand(2, 32, 32), 0)
+
+
+def test_vit_b16_at_224_px_takes_other_input_sizes():
+    """The full profile feeds 512-px images; a ViT-B/16 encoder is built for 224 px (positional embedding of
+    14x14+1 tokens). The encoder resamples the images to its own size and TP-Seg returns logits at the input size
+    (it failed with 'size of tensor a (1025) must match ... (197)' before)."""
+    import open_clip
+
+    torch.manual_seed(0)
+    visual = open_clip.create_model("ViT-B-16", pretrained=None).visual.eval()
+    assert visual.image_size in (224, (224, 224))
+    m = build_tpseg("ViT-B-16", ["a", "b"], TPSegConfig(hidden=4, width=16), encoder=visual)
+    with torch.no_grad():
+        feats = m.encoder(torch.rand(1, 1, 512, 512), 0)
+        assert [tuple(f.shape[-2:]) for f in feats] == [(28, 28), (14, 14), (7, 7), (3, 3)]
+        assert m(torch.rand(1, 1, 512, 512), 1).shape == (1, 1, 512, 512)
+        assert m(torch.rand(1, 3, 224, 224), 0).shape == (1, 1, 224, 224)  # its own size: unchanged path
