@@ -78,6 +78,7 @@ __all__ = [
     "arena_vs_lora",
     "rank_vs_lambda",
     "decoder_factor",
+    "decoder_rule",
 ]
 
 TASKS = {
@@ -509,6 +510,50 @@ def decoder_factor(sweep: dict, ctrl: dict):
         dice_mean=("dice", "mean"), dice_sd=("dice", "std"), trainable=("trainable", "first")).reset_index()
     g["dice"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(g.dice_mean, g.dice_sd.fillna(0))]
     return g
+
+
+def decoder_rule(sweep: dict, ctrl: dict, min_diff: float = 0.02):
+    """The slides' rule "decoder frozen for known categories, fine-tuned for new ones", tested per task and
+    PEFT strategy on the decoder controls (same shots, seeds, support draws and steps for both arms).
+
+    One row per (task, method): ``kind`` of the task (:data:`TASKS`), Dice mean ± sd over seeds with the
+    decoder frozen and tuned, the exact trainable counts of both arms (their difference is the decoder's
+    parameter count), the paired per-seed difference tuned - frozen (mean and number of seeds where tuned is
+    ahead), the ``verdict`` (``"tuned better"`` / ``"frozen better"`` when the means differ by more than the
+    larger seed sd and by more than ``min_diff`` Dice, else ``"tie"``), the arm the rule ``prescribes``
+    (``frozen`` for a known structure, ``tuned`` for a novel one) and ``agrees``: ``"yes"`` when the verdict
+    is the prescribed arm, ``"no"`` when it is the other one, ``"tie"`` otherwise. "Frozen" is the
+    strategy's own default for LoRA / ARENA / AdaptFormer (they never touch the decoder) and the explicit
+    control for BitFit / Affine-LN (which by default also train decoder biases / norms)."""
+    import pandas as pd
+
+    dec = decoder_factor(sweep, ctrl)
+    shots = ctrl["decoder_rows"][0]["shots"]
+    rows = [dict(r, decoder="frozen") for r in sweep["rows"]
+            if r["shots"] == shots and r["method"] in ("lora", "arena", "adaptformer")]
+    rows += ctrl["decoder_rows"]
+    per_seed = pd.DataFrame([dict(task=r["task"], method=r["method"], decoder=r["decoder"], seed=r["seed"], dice=r["dice"])
+                             for r in rows if r["task"] in set(dec.task) and r["method"] in set(dec.method)])
+    wide = per_seed.pivot_table(index=["task", "method", "seed"], columns="decoder", values="dice").dropna()
+    diff = (wide["tuned"] - wide["frozen"]).groupby(level=[0, 1], sort=False)
+    d = dec.set_index(["task", "method", "decoder"])
+    out = []
+    for t in dict.fromkeys(dec.task):
+        for m in dict.fromkeys(dec.method):
+            fro = d.loc[(t, m, "frozen (default)")] if (t, m, "frozen (default)") in d.index else d.loc[(t, m, "frozen")]
+            tun = d.loc[(t, m, "tuned")]
+            delta = tun.dice_mean - fro.dice_mean
+            margin = max(fro.dice_sd, tun.dice_sd, min_diff)
+            verdict = "tuned better" if delta > margin else "frozen better" if delta < -margin else "tie"
+            kind = TASKS.get(t, {}).get("kind", "")
+            prescribed = "frozen" if kind.startswith("known") else "tuned"
+            agrees = "tie" if verdict == "tie" else "yes" if verdict.startswith(prescribed) else "no"
+            pd_ = diff.get_group((t, m))
+            out.append(dict(task=t, kind=kind, method=m, frozen=fro.dice, tuned=tun.dice,
+                            trainable_frozen=int(fro.trainable), trainable_tuned=int(tun.trainable),
+                            tuned_minus_frozen=float(delta), paired_tuned_ahead=f"{int((pd_ > 0).sum())}/{len(pd_)}",
+                            verdict=verdict, prescribed=prescribed, agrees=agrees))
+    return pd.DataFrame(out)
 
 
 # ---------------------------------------------------------------------- the notebook's tables

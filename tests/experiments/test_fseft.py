@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from course_lib import losses, runtime
+from course_lib import losses, runtime, train
 from course_lib.experiments import fseft
 from course_lib.methods.peft import strategies as pv
 from course_lib.models.seg_foundation import SegFoundation
@@ -163,3 +163,58 @@ def test_committed_controls_match_current_code_and_tables():
         assert d.sort_values("lam").eff_rank.is_monotonic_decreasing  # a larger penalty never keeps more directions
     dec = fseft.decoder_factor(sweep, ctrl)
     assert set(dec.decoder) == {"frozen", "tuned", "frozen (default)", "partly tuned (default)"}
+
+
+def _fake_decoder_runs(dice: dict, seeds=(0, 1, 2), noise=(0.0, 0.01, -0.01)):
+    """sweep/ctrl dicts with dice[(task, method, arm)] per seed (+ a small seed offset); arm in frozen/tuned/default."""
+    sweep, ctrl = {"rows": []}, {"decoder_rows": []}
+    base = {"lora": 100, "bitfit": 10}
+    for (t, m, arm), v in dice.items():
+        for s, e in zip(seeds, noise):
+            r = dict(task=t, method=m, shots=10, seed=s, dice=v + e,
+                     trainable=base[m] + (1000 if arm == "tuned" else 0) + (5 if arm == "default" and m == "bitfit" else 0))
+            if arm == "default":
+                sweep["rows"].append(r)
+            else:
+                ctrl["decoder_rows"].append(dict(r, decoder=arm))
+    return sweep, ctrl
+
+
+def test_decoder_rule_verdicts_ties_and_the_slides_rule():
+    """Per task: the rule prescribes frozen for the known task and tuned for the novel one; a gap within the seed
+    sd / 0.02 is a tie; LoRA's frozen arm is its default sweep row, BitFit's the explicit control."""
+    dice = {("lesion@D", "lora", "default"): 0.50, ("lesion@D", "lora", "tuned"): 0.40,     # frozen better: agrees
+            ("lesion@D", "bitfit", "default"): 0.30, ("lesion@D", "bitfit", "frozen"): 0.30,
+            ("lesion@D", "bitfit", "tuned"): 0.31,                                          # within 0.02: tie
+            ("kidney", "lora", "default"): 0.50, ("kidney", "lora", "tuned"): 0.40,         # frozen better: contradicts
+            ("kidney", "bitfit", "default"): 0.20, ("kidney", "bitfit", "frozen"): 0.20,
+            ("kidney", "bitfit", "tuned"): 0.35}                                            # tuned better: agrees
+    sweep, ctrl = _fake_decoder_runs(dice)
+    r = fseft.decoder_rule(sweep, ctrl).set_index(["task", "method"])
+    assert r.loc[("lesion@D", "lora"), ["prescribed", "verdict", "agrees"]].tolist() == ["frozen", "frozen better", "yes"]
+    assert r.loc[("lesion@D", "bitfit"), ["verdict", "agrees"]].tolist() == ["tie", "tie"]
+    assert r.loc[("kidney", "lora"), ["prescribed", "verdict", "agrees"]].tolist() == ["tuned", "frozen better", "no"]
+    assert r.loc[("kidney", "bitfit"), ["verdict", "agrees"]].tolist() == ["tuned better", "yes"]
+    assert r.loc[("kidney", "bitfit"), "trainable_frozen"] == 10  # the explicit control, not the default (15)
+    assert (r.trainable_tuned - r.trainable_frozen == 1000).all()
+    assert r.loc[("kidney", "bitfit"), "paired_tuned_ahead"] == "3/3"
+    assert abs(r.loc[("kidney", "bitfit"), "tuned_minus_frozen"] - 0.15) < 1e-9
+    # a large seed sd turns the same mean gap into a tie
+    sweep, ctrl = _fake_decoder_runs(dice, noise=(0.0, 0.2, -0.2))
+    assert fseft.decoder_rule(sweep, ctrl).set_index(["task", "method"]).loc[("kidney", "bitfit"), "verdict"] == "tie"
+
+
+def test_decoder_rule_on_the_committed_controls_adds_exactly_the_decoder():
+    """Frozen vs tuned arms of every (task, PEFT strategy) differ by exactly segfm-tiny's decoder parameters."""
+    from course_lib.models import seg_foundation as sf
+
+    sweep = json.loads((runtime.PACKAGE_DIR / "assets" / "fseft_quick.json").read_text())
+    ctrl = json.loads((runtime.PACKAGE_DIR / "assets" / "fseft_controls_quick.json").read_text())
+    rule = fseft.decoder_rule(sweep, ctrl)
+    C = runtime.get_profile("quick").section("fseft_controls")
+    assert len(rule) == len(C.tasks) * len(C.decoder_methods)
+    n_dec = train.count_parameters(sf.load(device="cpu").decoder)
+    assert (rule.trainable_tuned - rule.trainable_frozen == n_dec).all()
+    assert set(rule[rule.kind.str.startswith("known")].prescribed) == {"frozen"}
+    assert set(rule[~rule.kind.str.startswith("known")].prescribed) == {"tuned"}
+    assert (rule.paired_tuned_ahead.str.endswith(f"/{len(C.seeds)}")).all()
