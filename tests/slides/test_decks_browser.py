@@ -98,3 +98,24 @@ def test_every_deck_initialises_offline_with_slides_and_notes(decks, browser):
                 page.wait_for_timeout(400)
                 page.screenshot(path=str(art / "result_slide.png"))
         page.context.close()
+
+
+def test_tall_code_and_outputs_scroll_inside_the_slide(decks, browser):
+    """Code inputs and output boxes are capped below the slide height, measured on the slide with the
+    tallest code cell of deck 04 (the diagram cell). The first caps were in em of the deck's 42 px base
+    font (22em = 924 px) and on the editor, a table cell that ignores max-height, so a long cell ran off the slide."""
+    deck = next(d["deck"] for d in decks if d["deck"].startswith("04_"))
+    page, _ = _open(browser, deck)
+    slide_h = page.evaluate("Reveal.getConfig().height")
+    idx = page.evaluate("""() => { const s = Reveal.getSlides(); let best = -1, n = 0;
+         s.forEach((el, i) => el.querySelectorAll('.jp-InputArea-editor').forEach(e => {
+             const k = e.textContent.split('\\n').length; if (k > n) { n = k; best = i; } })); return best; }""")
+    assert idx >= 0
+    page.evaluate(f"Reveal.slide(...Object.values(Reveal.getIndices(Reveal.getSlides()[{idx}])))")
+    page.wait_for_timeout(400)
+    boxes = page.evaluate(f"""() => [...Reveal.getSlides()[{idx}].querySelectorAll('.jp-InputArea-editor .highlight, .jp-Cell-outputWrapper')]
+         .map(e => ({{cls: e.className, h: e.offsetHeight, full: e.scrollHeight}}))""")
+    page.context.close()
+    assert boxes and any(b["full"] > b["h"] for b in boxes), f"the tallest code cell of {deck} is not capped: {boxes}"
+    for b in boxes:
+        assert b["h"] <= 0.65 * slide_h, f"{deck}: a {b['cls']} box is {b['h']} px tall on a {slide_h} px slide"
