@@ -188,10 +188,11 @@ class Runner:
         return res, model, hist
 
     def run_separate(self, *, seed: int = 0, steps_total: int | None = None) -> dict:
-        """A5: one TP-Seg model per task (n_tasks = 1), each with ``steps_total / T`` steps (at least 4), i.e. the
-        same total budget as one unified run, where the balanced sampler also gives each task ~1/T of the steps."""
+        """A5: one TP-Seg model per task (n_tasks = 1), each with ``steps_total / T`` steps (at least 4, or
+        ``steps_total`` when smaller), i.e. the same total budget as one unified run, where the balanced sampler
+        also gives each task ~1/T of the steps."""
         steps_total = steps_total or self.S.steps
-        per = max(4, steps_total // len(self.tasks))
+        per = max(min(4, steps_total), steps_total // len(self.tasks))
         out = {}
         for t in self.tasks:
             res, _, _ = self.run(seed=seed, steps=per, tasks=[t])

@@ -13,10 +13,11 @@ symmetric InfoNCE, see :mod:`course_lib.models.pretrain`). Names:
 ``"ViT-B-16"``         open_clip ViT-B/16; ``pretrained="openai"`` (default) or any open_clip tag,
                        ``pretrained=None`` builds the real architecture with random weights, offline
 ``"biomedclip"``       BiomedCLIP (Zhang et al., 2023; 15M PubMed figure-caption pairs):
-                       ``hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224``
+                       ``hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224``; its timm vision
+                       tower does not fit the course interface: :class:`Backbone` refuses it with a clear error
 ``"metaclip-b16"``     MetaCLIP ViT-B/16 (Xu et al., 2024, "Demystifying CLIP data"):
                        open_clip ``ViT-B-16-quickgelu`` / ``metaclip_400m``
-``"auto"``             the best backbone that can actually be had right now (cached or hub
+``"auto"``             the best backbone of :data:`AUTO_ORDER` that can actually be had right now (cached or hub
                        reachable), printed together with the reason; offline -> ``sonoclip-tiny``
                        (smoke mode, ``COURSE_SMOKE=1``: ViT-B-16 at 224 px with random weights)
 any open_clip name     e.g. ``"ViT-B-32"`` with an open_clip pretrained tag
@@ -104,8 +105,10 @@ _ALIASES = {
     "metaclip": "metaclip-b16",
     "vit-b-16-quickgelu": "metaclip-b16",
 }
-#: order in which ``auto`` tries backbones on a GPU (full profile)
-AUTO_ORDER = ("biomedclip", "ViT-B-16", "metaclip-b16")
+#: order in which ``auto`` tries backbones on a GPU (full profile). BiomedCLIP is not among them: its vision tower is
+#: a timm ViT (open_clip ``TimmModel``), not an open_clip ``VisionTransformer``, so the course interface (LoRA, HT,
+#: CoOp, TAP-SLF attach to ``.visual.transformer.resblocks``) cannot wrap it (:class:`Backbone` refuses it clearly)
+AUTO_ORDER = ("ViT-B-16", "metaclip-b16")
 #: what ``auto`` resolves to in smoke mode (``COURSE_SMOKE=1``) when nothing is cached and the hub is unreachable:
 #: the ViT-B/16 architecture at 224 px with random weights (BiomedCLIP's config and tokenizer live on the hub)
 SMOKE_AUTO = "ViT-B-16"
@@ -191,6 +194,11 @@ class Backbone:
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         vis = self.visual
+        if not isinstance(getattr(getattr(vis, "transformer", None), "resblocks", None), torch.nn.ModuleList):
+            raise TypeError(
+                f"{name}: its vision tower is a {type(vis).__name__} (e.g. BiomedCLIP's timm ViT), not an open_clip "
+                f"VisionTransformer with .transformer.resblocks, which the course's Backbone interface needs (LoRA, HT, "
+                f"CoOp, TAP-SLF attach there). Use 'ViT-B-16' or 'metaclip-b16' (or open_clip directly for this model).")
         self.image_size = int(_pair(vis.image_size)[0])
         self.patch_size = int(_pair(vis.patch_size)[0])
         self.grid = tuple(int(g) for g in vis.grid_size)

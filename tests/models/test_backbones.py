@@ -340,3 +340,26 @@ def test_fit_text_drops_sentences_not_the_impression():
     assert len(tok.encode(out)) + 2 <= tok.context_length < len(tok.encode(long)) + 2
     assert out.startswith("Breast ultrasound, left side.") and out.endswith("Impression: suspicious for malignancy.")
     assert "subcutaneous" not in out  # sentences without a clinical concept go first
+
+
+def test_timm_tower_is_refused_clearly_and_auto_never_picks_it(monkeypatch, tmp_path):
+    """BiomedCLIP's vision tower is a timm ViT (open_clip TimmModel): the course interface cannot wrap it. It was
+    first in auto's order online (a GPU learner with internet got an AttributeError in notebooks 02-04, 09)."""
+    import json
+
+    import open_clip
+
+    cfg = {"embed_dim": 32, "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False,
+                                           "timm_pool": "", "timm_proj": "linear", "image_size": 224},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / "course-timm-test.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "course-timm-test.json")
+    with B._quiet_open_clip():
+        model = open_clip.create_model("course-timm-test", pretrained=None)
+    with pytest.raises(TypeError, match="timm ViT.*not an open_clip VisionTransformer"):
+        B.Backbone(model, "biomedclip", open_clip.get_tokenizer("ViT-B-16"), pretrained=None)
+    assert "biomedclip" not in B.AUTO_ORDER
+    monkeypatch.delenv("COURSE_SMOKE", raising=False)
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    monkeypatch.setattr(runtime, "hub_reachable", lambda *a, **k: True)
+    assert B.auto_choice(runtime.get_profile("full"))[0] == "ViT-B-16"
