@@ -81,6 +81,20 @@ def _seed_noise(answer, *, mean_a, sd_a, mean_b, sd_b):
                                         f"you answered {bool(answer)}")
 
 
+@exercise("09.7", title="external validation: a gap or a tie?",
+          right=("tie",), right_context={"lo_in": 0.20, "hi_in": 0.40, "lo_ex": 0.15, "hi_ex": 0.25},
+          wrong=("gap",), wrong_context={"lo_in": 0.20, "hi_in": 0.40, "lo_ex": 0.15, "hi_ex": 0.25},
+          hint="read one seed's row of the §8 table: the in-domain and the external 95 % intervals [lo, hi]; "
+               "answer 'gap' when they do not overlap, 'tie' when they do")
+def _external_verdict(answer, *, lo_in, hi_in, lo_ex, hi_ex):
+    from course_lib.experiments.external import verdict
+
+    want = verdict((float(lo_in), float(hi_in)), (float(lo_ex), float(hi_ex)))
+    return Result(str(answer).strip().lower() == want,
+                  f"in-domain [{lo_in:.3f}, {hi_in:.3f}] vs external [{lo_ex:.3f}, {hi_ex:.3f}]: the intervals "
+                  f"{'do not overlap -> gap' if want == 'gap' else 'overlap -> tie'}; you answered {answer!r}")
+
+
 def draw_hybrid_tuning_diagram():
     """One frozen ViT block with the three insertion points (LoRA inside attention's projections, Mona/HT after MSA
     and after MLP) and the inside of an HT adapter (eqs. 1-5: frequency filter, noise estimator, multi-kernel convs)."""

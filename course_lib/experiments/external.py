@@ -19,7 +19,8 @@ import numpy as np
 
 from .. import metrics
 
-__all__ = ["bootstrap_interval", "as_arrays", "evaluate", "external_validation", "seed_summary", "verdict"]
+__all__ = ["bootstrap_interval", "as_arrays", "evaluate", "external_validation", "seed_summary", "verdict",
+           "report_table"]
 
 
 def bootstrap_interval(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -67,6 +68,7 @@ def as_arrays(data, what: str = "data") -> tuple[np.ndarray, np.ndarray, list[st
     return images, masks.astype(bool), ids
 
 
+# region: external-evaluate
 def evaluate(predict: Callable[[np.ndarray], np.ndarray], data, *, n_boot: int = 1000, seed: int = 0,
              level: float = 0.95, what: str = "data") -> dict:
     """Score ``predict`` on ``data`` without training anything.
@@ -93,6 +95,7 @@ def evaluate(predict: Callable[[np.ndarray], np.ndarray], data, *, n_boot: int =
     lo, hi = bootstrap_interval(dice, n_boot=n_boot, seed=seed, level=level)
     return {"dice": dice, "mean": float(dice.mean()), "lo": lo, "hi": hi, "n": int(len(dice)),
             "empty": int((~pred.any((1, 2)) & masks.any((1, 2))).sum()), "ids": ids, "pred": pred}
+# endregion
 
 
 def external_validation(predict: Callable[[np.ndarray], np.ndarray], in_domain, external, *, n_boot: int = 1000,
@@ -114,7 +117,7 @@ def seed_summary(reports: Mapping[int, Mapping[str, dict]], domains: Sequence[st
     Returns ``(per_seed, summary)``, two ``pandas.DataFrame``: ``per_seed`` has one row per seed and domain (mean
     Dice, interval, n, empty) and the seed's verdict (:func:`verdict` of the two domains' intervals); ``summary``
     has one row per domain with the mean ± sd over seeds of the mean Dice (sd with ddof=1), the mean empty count,
-    and ``verdict``: ``"gap"`` when every seed's intervals are apart, ``"tie"`` when every seed's overlap, else
+    ``seeds apart`` (how many seeds' intervals do not overlap) and ``verdict``: ``"gap"`` when every seed's intervals are apart, ``"tie"`` when every seed's overlap, else
     ``"mixed"``.
     """
     import pandas as pd
@@ -137,5 +140,24 @@ def seed_summary(reports: Mapping[int, Mapping[str, dict]], domains: Sequence[st
     overall = verdicts.pop() if len(verdicts) == 1 else "mixed"
     summary = pd.DataFrame({"dice mean": g.dice.mean(), "dice sd": g.dice.std(ddof=1), "seeds": g.size(),
                             "n images": g.n.first(), "empty (mean)": g.empty.mean()})
+    summary["seeds apart"] = int((per_seed.drop_duplicates("seed").verdict == "gap").sum())
     summary["verdict"] = overall
     return per_seed, summary
+
+
+def report_table(per_seed, summary, fmt: str = "{:.3f}"):
+    """Display table of :func:`seed_summary`'s frames: one row per domain with the images, the mean ± sd over seeds
+    of the mean Dice, each seed's ``mean [lo, hi]``, the mean number of empty predictions and the verdict."""
+    import pandas as pd
+
+    out = pd.DataFrame(index=summary.index)
+    out["images"] = summary["n images"].astype(int)
+    out["Dice, mean ± sd over seeds"] = [f"{fmt.format(m)} ± {fmt.format(d)}"
+                                         for m, d in zip(summary["dice mean"], summary["dice sd"])]
+    for s, g in per_seed.groupby("seed", sort=False):
+        g = g.set_index("domain")
+        out[f"seed {s}: Dice [95 % CI]"] = [f"{fmt.format(g.loc[d, 'dice'])} [{fmt.format(g.loc[d, 'lo'])}, "
+                                            f"{fmt.format(g.loc[d, 'hi'])}]" for d in out.index]
+    out["empty predictions (mean)"] = summary["empty (mean)"].round(1)
+    out["verdict"] = summary["verdict"]
+    return out

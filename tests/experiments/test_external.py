@@ -115,6 +115,7 @@ def test_seed_summary_calls_overlapping_intervals_a_tie():
     close = {s: {"in-domain": rep(0.5, 0.4, 0.6), "external": rep(0.45, 0.35, 0.55)} for s in (0, 1, 2)}
     assert set(ext.seed_summary(close)[1].verdict) == {"tie"}
     mixed = {0: apart[0], 1: close[1], 2: close[2]}
-    assert set(ext.seed_summary(mixed)[1].verdict) == {"mixed"}
+    assert set(ext.seed_summary(mixed)[1].verdict) == {"mixed"} and ext.seed_summary(mixed)[1]["seeds apart"].iloc[0] == 1
+    assert summary["seeds apart"].iloc[0] == 3
     with pytest.raises(ValueError, match="no report for"):
         ext.seed_summary({0: {"in-domain": rep(0.5, 0.4, 0.6)}})

@@ -95,7 +95,10 @@ def test_compare_chains_stage1_into_stage2(bb):
     pairs = torch.randn(4, 3, n, n, generator=g)
     toks = torch.randint(1, 100, (4, bb.model.context_length), generator=g)
     runs, ex = xht.compare(bb, s, t, pairs, toks, methods={"HT, two-stage": ("ht", "ht"), "HT": ("ht", None)},
-                           progress=False)
+                           progress=False, keep_models=("HT, two-stage",))
+    assert sorted(ex["seg_models"]) == [("HT, two-stage", 0), ("HT, two-stage", 1)]  # kept for external validation
+    with pytest.raises(ValueError, match="keep_models"):
+        xht.compare(bb, s, t, pairs, toks, methods={"HT": ("ht", None)}, progress=False, keep_models=("Mona",))
     assert len(runs) == 2 * 2 * 2 and set(runs.task) == {"seg", "cls"}
     assert sorted(ex["stage1"]) == [("ht", 0), ("ht", 1)] and set(ex["stage1_clip"]) == {"ht"}
     two = runs[(runs.method == "HT, two-stage") & (runs.task == "seg")].dice.to_numpy()
@@ -137,8 +140,53 @@ def test_data_ratio_keeps_the_update_budget_and_skips_without_small_ratios(bb):
                       torch.randn(3, 3, n, n, generator=g), (np.random.default_rng(0).random((3, n, n)) > 0.7),
                       np.zeros((3, n, n)), None, None, None, None, None, (np.arange(8), np.arange(3)), None)
     s = SimpleNamespace(**vars(S), ratios=(0.25, 1.0), seeds=(0,))
-    df = xht.data_ratio(bb, s, t, methods=("frozen",), progress=False)
+    df = xht.data_ratio(bb, s, t, methods=("frozen",), task_names=("seg",), progress=False)
     assert len(df) == 1 and df.n_train.iloc[0] == 2 and df.ratio.iloc[0] == 0.25
     assert df.steps.iloc[0] == S.epochs * 2  # the full split's budget: epochs x ceil(8 / batch 4)
     assert {"dice", "empty", "hd95_nonempty"} <= set(df.columns)
     assert xht.data_ratio(bb, SimpleNamespace(**vars(S), ratios=(1.0,), seeds=(0,)), t, progress=False).empty
+    with pytest.raises(ValueError, match="unknown task"):
+        xht.data_ratio(bb, s, t, task_names=("det",), progress=False)
+
+
+def test_data_ratio_classification_keeps_both_classes(bb):
+    """Table IV gets a classification column (issue 13 #8): the stratified subset keeps every class."""
+    g = torch.Generator().manual_seed(0)
+    n = bb.image_size
+    y = torch.tensor([0] * 6 + [1] * 2)
+    t = xht.BusiTasks(None, None, None, None, None, torch.randn(8, 3, n, n, generator=g), y,
+                      torch.randn(4, 3, n, n, generator=g), np.array([0, 1, 0, 1]), None, None, None)
+    s = SimpleNamespace(**vars(S), ratios=(0.25,), seeds=(0, 1))
+    df = xht.data_ratio(bb, s, t, methods=("frozen",), task_names=("cls",), progress=False)
+    assert list(df.task) == ["cls", "cls"] and list(df.n_train) == [3, 3]  # round(1.5) = 2 of class 0, 1 of class 1
+    assert {"auc", "accuracy"} <= set(df.columns)
+    for seed in (0, 1):
+        idx = xht._subset(8, 0.25, seed, labels=y)
+        assert sorted(y[idx].tolist()) == [0, 0, 1]
+
+
+def test_ablation_runs_every_variant_and_seed_and_keeps_the_models(bb):
+    """Issue 13 #3: the Table VII analogue runs every variant for every seed (mean ± sd possible), counts empty
+    predictions next to the boundary metrics, and reports α only for variants with the noise estimator."""
+    g = torch.Generator().manual_seed(0)
+    n = bb.image_size
+    X = torch.randn(4, 3, n, n, generator=g)
+    Y = (torch.rand(4, n, n, generator=g) > 0.7).long()
+    s = SimpleNamespace(**vars(S), seeds=(0, 1), ablation_epochs=1)
+    runs, models = xht.ablation(bb, s, X, Y, X[:2], Y[:2].numpy().astype(bool),
+                                variants={"ht_ff": "FF only", "ht": "full"}, progress=False)
+    assert len(runs) == 4 and sorted(models) == [("ht", 0), ("ht", 1), ("ht_ff", 0), ("ht_ff", 1)]
+    assert {"empty", "hd95", "hd95_nonempty", "asd_nonempty"} <= set(runs.columns)
+    full = runs[runs.method == "ht"]
+    assert full[["alpha_k3", "alpha_k5", "alpha_k7"]].sum(axis=1).round(5).eq(1).all()  # softmax weights
+    assert runs[runs.method == "ht_ff"]["alpha_k3"].isna().all()  # FF only: α fixed, not reported
+    assert runs.groupby("method").dice.nunique().max() == 2  # another seed -> other numbers
+    # the kept model is the one that produced the row: its predictor reproduces the row's Dice
+    from course_lib import metrics
+    pred = xht.seg_predictor(bb, models[("ht", 1)])
+    imgs = np.random.default_rng(0).random((2, n, n)).astype(np.float32)
+    m = pred(imgs)
+    assert m.shape == (2, n, n) and m.dtype == bool
+    want = xht.recipe.predict_proba(models[("ht", 1)], X[:2]) > 0.5
+    assert runs[(runs.method == "ht") & (runs.seed == 1)].dice.iloc[0] == pytest.approx(
+        float(metrics.dice(want, Y[:2].numpy()).mean()))

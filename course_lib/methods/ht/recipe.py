@@ -82,10 +82,14 @@ runtime.register_section(
         betas=(0.9, 0.95),
         n_train=32,  # SonoSynth images per experiment
         n_test=32,
-        ablation_epochs=10,  # Table VII analogue (SonoSynth, one seed): 20 updates
+        ablation_epochs=5,  # Table VII analogue (SonoSynth, 3 seeds): 5 epochs x 4 batches of 8 = 20 updates per run
+        ablation_batch_size=8,  # half the batch of §4: the same 20 updates as before at about half the cost per run
+        ablation_variants=("mona", "ht_ne", "ht_ff", "ht"),  # the paper's four rows (ht_global: full profile only)
+        external_synth=32,  # external validation (§8): SonoSynth breast images exported to a folder
+        external_real_limit=12,  # ... and real BUSI images per class read by the folder loader (0 = all)
         real_limit=24,  # BUSI images per class loaded per task (0 = all): 24 train + 24 test images
         real_split=(0.5, 0.5),  # seeded stratified train/test fractions of the loaded BUSI images
-        ratios=(1.0,),  # Table IV analogue: a 24-image split is too small for data ratios -> full profile only
+        ratios=(1.0,),  # Table IV analogue: a 24-image split is too small for data ratios -> full profile only (§6 says why)
         seeds=(0, 1, 2),  # training seeds of every comparison the notebook interprets (mean ± sd)
         stage1_seeds=(0, 1, 2),  # one stage 1 per stage-2 seed (a profile may share one: stage1_seeds=(0,))
         stage1_steps=6,
@@ -105,6 +109,10 @@ runtime.register_section(
         n_train=800,
         n_test=400,
         ablation_epochs=50,
+        ablation_batch_size=16,
+        ablation_variants=("mona", "ht_ne", "ht_ff", "ht", "ht_global"),
+        external_synth=400,
+        external_real_limit=0,  # all BUSI benign + malignant images with one mask file
         real_limit=0,  # 0 = all images
         real_split=(0.7, 0.3),
         ratios=(0.01, 0.05, 0.2, 0.5, 1.0),  # the paper's Table IV ratios
