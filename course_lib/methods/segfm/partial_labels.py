@@ -35,7 +35,7 @@ from course_lib.train import fit
 
 runtime.register_section(
     "partial_labels",
-    quick=dict(image_size=64, n_train=240, n_test=60, steps=150, ct_steps=80, batch_size=8, lr=5e-3,
+    quick=dict(image_size=48, n_train=240, n_test=60, steps=150, ct_steps=80, batch_size=8, lr=5e-3,
                features=(8, 16, 32, 32), seeds=(0, 1, 2), controls=("text", "random")),
     full=dict(image_size=128, n_train=1500, n_test=300, steps=2000, ct_steps=1000, batch_size=16, lr=2e-3,
               features=(16, 32, 64, 128, 256), seeds=(0, 1, 2, 3, 4), controls=("text", "random", "one-hot")),

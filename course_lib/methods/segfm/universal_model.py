@@ -70,12 +70,18 @@ class UniversalModel(nn.Module):
         return self.controller(z)
 
     def dynamic_head(self, feats: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """Three 1x1 convolutions with per-(sample, structure) weights ``theta`` -> logits ``(B, K, H, W)``."""
-        w1, b1, w2, b2, w3, b3 = [p.reshape(*theta.shape[:2], *s) for p, s in
-                                  zip(torch.split(theta, [int(torch.Size(s).numel()) for s in self.shapes], 2), self.shapes)]
-        y = torch.relu(torch.einsum("bkoc,bchw->bkohw", w1, feats) + b1[..., None, None])
-        y = torch.relu(torch.einsum("bkoc,bkchw->bkohw", w2, y) + b2[..., None, None])
-        return (torch.einsum("bkoc,bkchw->bkohw", w3, y) + b3[..., None, None])[:, :, 0]
+        """Three 1x1 convolutions with per-(sample, structure) weights ``theta`` -> logits ``(B, K, H, W)``.
+
+        A 1x1 convolution is a matrix product over the channels at every pixel: ``y = W x + b`` with the
+        pixels as columns (``baddbmm`` = bias + batched matrix product; the first layer does all K heads of a
+        sample in one product)."""
+        B, K = theta.shape[:2]
+        C, h, (H, W) = self.C, self.h, feats.shape[2:]
+        w1, b1, w2, b2, w3, b3 = torch.split(theta, [int(torch.Size(s).numel()) for s in self.shapes], 2)
+        y = torch.baddbmm(b1.reshape(B, K * h, 1), w1.reshape(B, K * h, C), feats.reshape(B, C, H * W)).relu()
+        y = torch.baddbmm(b2.reshape(B * K, h, 1), w2.reshape(B * K, h, h), y.reshape(B * K, h, H * W)).relu()
+        y = torch.baddbmm(b3.reshape(B * K, 1, 1), w3.reshape(B * K, 1, h), y)
+        return y.reshape(B, K, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.backbone(x)  # (B, C, H, W)
