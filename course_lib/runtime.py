@@ -163,6 +163,9 @@ SMOKE_SHAPE_WORDS = ("image_size", "img_size", "resolution", "patch", "width", "
 #: from BUSI's pool (half of ``SMOKE_MAX_REAL`` per class) leaves test images, even at the largest k
 SMOKE_SHOTS = (1, 2, 4)
 SMOKE_MAX_REAL = 16
+#: smoke mode's sample counts (the profile fields n_train / n_val / n_test): images a notebook encodes with the
+#: profile's backbone -- ViT-B/16 at 224 px costs about 0.1-0.3 s per image on one CPU core
+SMOKE_SAMPLES = dict(n_train=64, n_val=32, n_test=64)
 
 
 #: smoke mode caps the quick counts further where a key names them: real architectures at real sizes are 10-1000x
@@ -261,7 +264,7 @@ def get_profile(name: str | None = None) -> Profile:
     if smoke_mode():
         shapes = {k: v for k, v in base.items() if _keeps_profile_value(k, v)}
         base = {**_BASE["quick"], **shapes, "smoke": True, "seeds": (0,), "max_real": SMOKE_MAX_REAL,
-                "shots": SMOKE_SHOTS, "epochs": min(_BASE["quick"]["epochs"], SMOKE_MAX_EPOCHS),
+                "shots": SMOKE_SHOTS, "epochs": min(_BASE["quick"]["epochs"], SMOKE_MAX_EPOCHS), **SMOKE_SAMPLES,
                 "threads": base["threads"]}
     return Profile(name=name, **base)
 

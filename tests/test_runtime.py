@@ -241,7 +241,7 @@ def test_smoke_mode_keeps_full_shapes_with_quick_counts(monkeypatch):
     monkeypatch.setenv("COURSE_SMOKE", "1")
     P = runtime.get_profile("full")
     assert P.smoke and P.name == "full" and P.image_size == 224 and P.clip_image_size == 224
-    assert P.n_train == runtime._BASE["quick"]["n_train"] and P.epochs == min(runtime._BASE["quick"]["epochs"], runtime.SMOKE_MAX_EPOCHS)
+    assert P.n_train == runtime.SMOKE_SAMPLES["n_train"] <= runtime._BASE["quick"]["n_train"] and P.epochs == min(runtime._BASE["quick"]["epochs"], runtime.SMOKE_MAX_EPOCHS)
     assert P.seeds == (0,)
     sec = P.section("smoke_test_section")
     assert (sec.image_size, sec.lora_rank, sec.steps, sec.shots) == (224, 8, min(10, runtime.SMOKE_MAX_STEPS), (1, 2))
@@ -274,6 +274,7 @@ def test_smoke_shots_leave_test_images_in_the_real_pools(monkeypatch):
     monkeypatch.setenv("COURSE_SMOKE", "1")
     P = runtime.get_profile("full")
     assert max(P.shots) < P.max_real // 2 and min(P.shots) >= 1
+    assert max(P.shots) < P.n_train // 4  # SonoSynth pools (two classes, ~25 % malignant) hold the largest k too
 
 
 def test_section_smoke_overrides_counts_only(monkeypatch):
