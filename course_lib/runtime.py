@@ -158,7 +158,8 @@ _SECTIONS: dict[str, dict[str, dict]] = {}
 #: every other key (counts, steps, epochs, samples, seeds, shot lists) takes the quick profile's value, except
 #: string values (model / encoder names, modes: they pick the code path), which also keep the profile's value
 SMOKE_SHAPE_WORDS = ("image_size", "img_size", "resolution", "patch", "width", "depth", "rank", "dim", "backbone",
-                     "heads", "channels", "features", "layers", "prompt_len", "experts", "encoder")
+                     "heads", "channels", "features", "layers", "prompt_len", "experts", "encoder", "hidden",
+                     "bottleneck", "d_red", "n_ctx", "reduction")
 #: smoke mode's few-shot settings and real-image cap (per class). Consistent by construction: a k-shot draw
 #: from BUSI's pool (half of ``SMOKE_MAX_REAL`` per class) leaves test images, even at the largest k
 SMOKE_SHOTS = (1, 2, 4)
