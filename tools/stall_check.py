@@ -4,6 +4,8 @@
     python tools/stall_check.py -n 30                          # notebook 00, 30 times
     python tools/stall_check.py -n 30 notebooks/02_*.ipynb     # another notebook
     python tools/stall_check.py --course 5                     # the whole course (notebooks/), 5 times
+    python tools/stall_check.py --course 3 -j 2 --repro --against-committed   # 3 rounds, 2 kernels at a time,
+                                                               # each run diffed against the committed outputs
     python tools/stall_check.py -n 60 --stock --cell-timeout 60  # stock nbclient (to reproduce the stall)
     python tools/stall_check.py -n 8 --stock --cell-timeout 20 --widget-stress 15   # reproduces it in minutes
 
@@ -20,6 +22,7 @@ Prints one line per run (seconds, slowest cell, worst delivery lag) and ends wit
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import shutil
@@ -86,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pyspy", action="store_true", help="py-spy dump both processes of a run that is still going")
     ap.add_argument("--dump-after", type=float, default=60.0)
     ap.add_argument("--json", type=Path, help="write the per-run rows here")
+    ap.add_argument("--jobs", "-j", type=int, default=1,
+                    help="notebooks of a round executed at the same time, one kernel each (default 1)")
+    ap.add_argument("--against-committed", action="store_true",
+                    help="with --repro: compare every run with the outputs saved in the notebook files instead of "
+                         "with the first run (do the committed outputs come from this code?)")
     ap.add_argument("--repro", action="store_true",
                     help="also compare every run's text outputs with the first run of the same notebook "
                          "(tools/repro_check.py's sanitising; must be identical), so --course N doubles as "
@@ -119,16 +127,31 @@ def main(argv: list[str] | None = None) -> int:
         import repro_check
         rules = repro_check.load_sanitizers()
     t_all = time.perf_counter()
+    import nbformat
+
+    committed = {}
+    if args.repro and args.against_committed:
+        committed = {p.name: repro_check.cell_texts(nbformat.read(p, as_version=4), rules) for p in notebooks}
+
+    def one(r: int, path: Path):
+        stop, dumps = threading.Event(), []
+        if args.pyspy:
+            threading.Thread(target=_pyspy_watch, args=(args.dump_after, stop, dumps), daemon=True).start()
+        res = rc.execute(path, cell_timeout=args.cell_timeout, notebook_cap=args.notebook_cap,
+                         sliced=not args.stock, transport_fix=not args.stock)
+        stop.set()
+        return res, dumps
+
     for r in range(1, rounds + 1):
         t_round = time.perf_counter()
         round_stalled = False
-        for path in notebooks:
-            stop, dumps = threading.Event(), []
-            if args.pyspy:
-                threading.Thread(target=_pyspy_watch, args=(args.dump_after, stop, dumps), daemon=True).start()
-            res = rc.execute(path, cell_timeout=args.cell_timeout, notebook_cap=args.notebook_cap,
-                             sliced=not args.stock, transport_fix=not args.stock)
-            stop.set()
+        if args.jobs > 1:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+                futures = [pool.submit(one, r, path) for path in notebooks]
+                done = [f.result() for f in futures]
+        else:
+            done = (one(r, path) for path in notebooks)
+        for path, (res, dumps) in zip(notebooks, done):
             stalled = check_run(res, args.late_after)
             round_stalled |= stalled
             failures += (not res.ok) and not stalled
@@ -140,14 +163,14 @@ def main(argv: list[str] | None = None) -> int:
                        slowest_cell_s=round(slow.seconds, 2) if slow else None)
             if args.repro and res.ok:
                 texts = repro_check.cell_texts(res.nb, rules)
-                ref = first_texts.setdefault(path.name, texts)
+                ref = committed.get(path.name) or first_texts.setdefault(path.name, texts)
                 differing = [i for i in sorted(set(ref) | set(texts)) if ref.get(i, "") != texts.get(i, "")]
                 row["identical_to_first_run"] = not differing
                 if differing:
                     i = differing[0]
                     _, _, first = repro_check.compare_text(ref.get(i, ""), texts.get(i, ""), 0.0, 0.0)
-                    repro_diffs.append(f"{path.name} run {r}: cells {differing} differ from run 1; "
-                                       f"cell {i}: {first}")
+                    repro_diffs.append(f"{path.name} run {r}: cells {differing} differ from "
+                                       f"{'the committed outputs' if committed else 'run 1'}; cell {i}: {first}")
             rows.append(row)
             print(f"[{r:>3}/{rounds}] {path.name:<40} {res.seconds:7.1f} s  "
                   f"{'ok' if res.ok else 'FAILED ' + res.kind:<8}  slowest cell "
@@ -172,11 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"stalls: {stalls} of {rounds} {unit}")
     print(f"stall-free: {rounds - stalls}/{rounds}")
     if args.repro:
-        compared = [row for row in rows if "identical_to_first_run" in row and row["round"] > 1]
+        compared = [row for row in rows if "identical_to_first_run" in row and (row["round"] > 1 or committed)]
         for d in repro_diffs:
             print("  REPRO " + d.replace("\n", "\n        "))
-        print(f"reproducible: {sum(row['identical_to_first_run'] for row in compared)} of {len(compared)} repeat "
-              f"runs identical to their notebook's first run (text outputs, timings sanitised)")
+        print(f"reproducible: {sum(row['identical_to_first_run'] for row in compared)} of {len(compared)} "
+              f"runs identical to {'the committed outputs' if committed else 'their notebook' + chr(39) + 's first run'} "
+              f"(text outputs, timings sanitised)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     if args.widget_stress:

@@ -81,3 +81,27 @@ def test_course_mode_counts_rounds_over_a_folder(tmp_path, capsys):
     assert "stalls: 0 of 1 course runs" in text and "stall-free: 1/1" in text
     rows = json.loads(out.read_text())
     assert [r["notebook"] for r in rows] == ["00_a.ipynb", "01_b.ipynb"] and all(r["ok"] for r in rows)
+
+
+def test_parallel_rounds_and_reproducibility_against_the_committed_outputs(tmp_path, capsys):
+    """``--jobs 2 --repro --against-committed``: each run is compared with the outputs saved in the file; a
+    deterministic notebook matches, one whose output changes from run to run is reported and fails the check."""
+    def write(name, source):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(source)]
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, tmp_path / name)
+
+    write("00_same.ipynb", "print(sum(range(10)))")
+    write("01_other.ipynb", "print('x' * 3)")
+    assert rc.main([str(tmp_path), "--no-record"]) == 0  # outputs saved, as a committed notebook has them
+    assert stall_check.main(["--course", "2", "--jobs", "2", "--repro", "--against-committed", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "stall-free: 2/2" in text and "reproducible: 4 of 4 runs identical to the committed outputs" in text
+
+    write("02_random.ipynb", "import random\nprint(random.random())")
+    assert rc.main([str(tmp_path / "02_random.ipynb"), "--no-record"]) == 0
+    assert stall_check.main(["--course", "1", "--repro", "--against-committed", str(tmp_path)]) == 1
+    text = capsys.readouterr().out
+    assert "REPRO 02_random.ipynb run 1: cells [0] differ from the committed outputs" in text
+    assert "reproducible: 2 of 3 runs" in text
