@@ -1,5 +1,5 @@
 """External validation: score an already-trained segmentation model on another dataset or folder (no retraining),
-next to its in-domain score with the same metric (per-image Dice, mean with a bootstrap 95 % interval). Notebook 09 (§6).
+next to its in-domain score with the same metric (per-image Dice, mean with a bootstrap 95 % interval). Notebook 09 (§8).
 
 A model is passed as ``predict``: a callable that maps an image stack ``(N, H, W)`` (floats in ``[0, 1]``, as in
 the course's samples) to **binary** masks ``(N, H, W)`` (threshold inside it, e.g. ``probs > 0.5``). Data is a
