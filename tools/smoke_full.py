@@ -4,6 +4,7 @@
     make smoke-full                                   # every notebook, cap 300 s each
     python tools/smoke_full.py notebooks/05_*.ipynb   # some of them
     python tools/smoke_full.py --ci                   # the CI slice (about 2 min on an idle 2-core box)
+    python tools/smoke_full.py --table                # benchmarks/smoke_full.json as a Markdown table
 
 Executes each notebook headless (nothing written back) through the full profile's code paths with
 ``COURSE_SMOKE=1``, which asks ``course_lib.runtime`` to cap data sizes and steps so a CPU finishes in
@@ -38,8 +39,25 @@ CI_TESTS = [
 ]
 
 
+def markdown_table(path: Path) -> str:
+    """The per-notebook rows of a smoke_full.json as a Markdown table (for benchmarks/SMOKE_FULL.md)."""
+    import json
+
+    rec = json.loads(Path(path).read_text())
+    lines = [f"Run of {rec['generated_utc']} ({rec['machine'].get('cpu_count')} CPUs, torch {rec['machine'].get('torch')}, "
+             f"cap {rec['cap_s']:.0f} s per notebook, total {rec.get('total_s', 0):.0f} s):", "",
+             "| notebook | status | wall (s) | peak RAM (MiB) |", "| --- | --- | ---: | ---: |"]
+    for name, row in rec["notebooks"].items():
+        ram = f"{row['peak_ram_mib']:.0f}" if row.get("peak_ram_mib") is not None else "-"
+        lines.append(f"| {name} | {row['status']} | {row['wall_s']:.1f} | {ram} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--table"]:  # print the Markdown table of a results file (default benchmarks/smoke_full.json)
+        print(markdown_table(Path(argv[1]) if len(argv) > 1 else ROOT / "benchmarks" / "smoke_full.json"))
+        return 0
     ci = "--ci" in argv
     if ci:
         argv = [a for a in argv if a != "--ci"]
