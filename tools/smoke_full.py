@@ -39,6 +39,19 @@ CI_TESTS = [
 ]
 
 
+_notebook_row = gpu_check.notebook_row
+
+
+def notebook_row(res) -> dict:
+    """gpu_check's row plus the three slowest cells (index, seconds), to see where a smoke run spends its time."""
+    row = _notebook_row(res)
+    row["slowest_cells"] = [[c.index, round(c.seconds, 1)] for c in sorted(res.cells, key=lambda c: -c.seconds)[:3]]
+    return row
+
+
+gpu_check.notebook_row = notebook_row
+
+
 def markdown_table(path: Path) -> str:
     """The per-notebook rows of a smoke_full.json as a Markdown table (for benchmarks/SMOKE_FULL.md)."""
     import json
