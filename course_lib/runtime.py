@@ -166,12 +166,13 @@ SMOKE_SHOTS = (1, 2, 4)
 SMOKE_MAX_REAL = 16
 #: smoke mode's sample counts (the profile fields n_train / n_val / n_test): images a notebook encodes with the
 #: profile's backbone -- ViT-B/16 at 224 px costs about 0.1-0.3 s per image on one CPU core
-SMOKE_SAMPLES = dict(n_train=64, n_val=32, n_test=64)
+SMOKE_SAMPLES = dict(n_train=32, n_val=16, n_test=32)
 
 
 #: smoke mode caps the quick counts further where a key names them: real architectures at real sizes are 10-1000x
 #: the quick profile's tiny models, so e.g. 30 quick steps of SAM 2 at 512 px would take many minutes on a CPU.
-#: ``steps``/``epochs`` (ints) at most these values; ``seeds``: one seed (an int count -> 1, a tuple -> its first)
+#: ``steps``/``epochs`` (ints) at most these values; ``seeds``: one seed (an int count -> 1, a tuple -> its first);
+#: ``*views`` (augmented views re-encoded by the backbone) at most 1
 SMOKE_MAX_STEPS = 4
 SMOKE_MAX_EPOCHS = 2
 
@@ -189,6 +190,8 @@ def _smoke_count(key: str, value):
         return min(value, SMOKE_MAX_STEPS)
     if isinstance(value, int) and key.endswith("epochs"):
         return min(value, SMOKE_MAX_EPOCHS)
+    if isinstance(value, int) and key.endswith("views"):  # augmented views: each one re-encodes the few-shot pool
+        return min(value, 1)
     return value
 
 
