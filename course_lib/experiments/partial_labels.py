@@ -2,7 +2,8 @@
 score it per structure on fully labelled test images, summarise (mean ± sd) and draw overlays (notebook 08).
 
 :func:`compare_losses` is the loop over (variant, seed) that notebook 08 runs on SonoSynth and on CT;
-:func:`summarize_dice` turns its rows into the mean ± sd table the text quotes;
+:func:`summarize_dice` turns its rows into the mean ± sd table the text quotes; :func:`learning_curves` smooths
+their training losses (mean ± sd over seeds);
 :func:`mean_probability_inside` measures what each model predicts inside every true structure;
 :func:`plot_overlays` draws truth vs predictions.
 """
@@ -25,7 +26,8 @@ def compare_losses(data: pl.PartialAssembly, test_images: np.ndarray, test_targe
     """Train :func:`partial_labels.train_partial` for every ``mode`` and ``seed`` and score it with
     :func:`partial_labels.per_structure_dice` on ``test_images`` / ``test_targets`` (fully labelled).
 
-    Returns ``(rows, nets, preds)``: ``rows`` a list of dicts ``{variant, mode, seed, <structure>: dice}``;
+    Returns ``(rows, nets, preds)``: ``rows`` a list of dicts ``{variant, mode, seed, <structure>: dice, loss_curve}``
+    (``loss_curve``: the training loss of every step, for :func:`learning_curves`);
     ``nets[mode]`` and ``preds[mode]`` are the model and binary predictions of the *first* seed.
     """
     if not len(seeds):
@@ -33,11 +35,11 @@ def compare_losses(data: pl.PartialAssembly, test_images: np.ndarray, test_targe
     rows, nets, preds = [], {}, {}
     for mode in modes:
         for seed in seeds:
-            net, _losses = pl.train_partial(data, mode, steps=steps, batch_size=batch_size, lr=lr, features=features,
-                                            seed=int(seed), progress=progress)
+            net, losses = pl.train_partial(data, mode, steps=steps, batch_size=batch_size, lr=lr, features=features,
+                                           seed=int(seed), progress=progress)
             pred = pl.predict_partial(net, test_images, mode)
             rows.append({"variant": VARIANT_NAMES.get(mode, mode), "mode": mode, "seed": int(seed),
-                         **pl.per_structure_dice(pred, test_targets, data.structures)})
+                         **pl.per_structure_dice(pred, test_targets, data.structures), "loss_curve": list(map(float, losses))})
             if mode not in nets:
                 nets[mode], preds[mode] = net, pred
     return rows, nets, preds
@@ -55,14 +57,35 @@ def compare_universal(data: pl.PartialAssembly, test_images: np.ndarray, test_ta
     for kind, emb in embeddings.items():
         name = f"(c) universal: {kind}"
         for seed in seeds:
-            net, _ = pl.train_partial(data, "masked", steps=steps, batch_size=batch_size, lr=lr, seed=int(seed),
-                                      progress=progress, model_fn=lambda e=emb: um.UniversalModel(e, features=features))
+            net, losses = pl.train_partial(data, "masked", steps=steps, batch_size=batch_size, lr=lr, seed=int(seed),
+                                           progress=progress, model_fn=lambda e=emb: um.UniversalModel(e, features=features))
             pred = pl.predict_partial(net, test_images, "masked")
             rows.append({"variant": name, "mode": f"universal-{kind}", "seed": int(seed),
-                         **pl.per_structure_dice(pred, test_targets, data.structures)})
+                         **pl.per_structure_dice(pred, test_targets, data.structures), "loss_curve": list(map(float, losses))})
             if name not in nets:
                 nets[name], preds[name] = net, pred
     return rows, nets, preds
+
+
+def learning_curves(rows, window: int = 10, tail: float = 0.25):
+    """Training loss per variant: the moving average (``window`` steps) of every run's ``loss_curve``, then
+    mean and sd over seeds. Returns ``(curves, flat)``: ``curves[variant] = (mean, sd)`` arrays over the
+    steps; ``flat[variant]``: relative change of the mean smoothed loss over the last ``tail`` of the steps,
+    ``(L_end - L_start) / L_start`` (close to 0: the curve has flattened)."""
+    by = {}
+    for r in rows:
+        if "loss_curve" in r:
+            by.setdefault(r["variant"], []).append(np.asarray(r["loss_curve"], dtype=float))
+    curves, flat = {}, {}
+    for v, runs in by.items():
+        n = min(len(c) for c in runs)
+        w = max(1, min(window, n))
+        sm = np.stack([np.convolve(c[:n], np.ones(w) / w, mode="valid") for c in runs])
+        m, s = sm.mean(0), sm.std(0, ddof=1) if len(sm) > 1 else np.zeros(sm.shape[1])
+        curves[v] = (m, s)
+        i0 = min(len(m) - 1, int(round(len(m) * (1 - tail))))
+        flat[v] = float((m[-1] - m[i0]) / m[i0]) if m[i0] != 0 else float("nan")
+    return curves, flat
 
 
 def wins(mean_table, sd_table, a: str, b: str, structures: Sequence[str], min_diff: float = 0.02) -> dict:

@@ -27,6 +27,7 @@ def test_compare_losses_runs_every_variant_and_seed_and_summarises():
     for r in rows:  # each row is exactly per_structure_dice of that run (checked for the kept seed-0 models)
         if r["seed"] == 0:
             assert {k: r[k] for k in K} == pytest.approx(pl.per_structure_dice(preds[r["mode"]], T, K))
+    assert all(len(r["loss_curve"]) == 2 and np.isfinite(r["loss_curve"]).all() for r in rows)
     mean, sd, text = xp.summarize_dice(rows, K)
     sel = [r for r in rows if r["mode"] == "masked"]
     liver = [r["liver"] for r in sel]
@@ -56,3 +57,17 @@ def test_wins_needs_a_margin_larger_than_the_seed_sd():
     tiny_m = pd.DataFrame({"x": [0.003, 0.0]}, index=["b", "a"])
     tiny_s = pd.DataFrame({"x": [0.003, 0.0]}, index=["b", "a"])
     assert xp.wins(tiny_m, tiny_s, "b", "a", ("x",))["tie"] == ["x"]  # below min_diff: a tie
+
+
+def test_learning_curves_smooth_average_over_seeds_and_measure_the_tail():
+    lin = np.linspace(2.0, 1.0, 41)
+    rows = [dict(variant="a", loss_curve=list(lin)), dict(variant="a", loss_curve=list(lin + 0.2)),
+            dict(variant="flat", loss_curve=[1.0] * 41), dict(variant="no curve", liver=0.5)]
+    curves, flat = xp.learning_curves(rows, window=5, tail=0.25)
+    assert set(curves) == {"a", "flat"}
+    m, s = curves["a"]
+    assert len(m) == 41 - 5 + 1
+    assert m[0] == pytest.approx(np.mean(lin[:5]) + 0.1) and s[0] == pytest.approx(np.std([0.0, 0.2], ddof=1))
+    i0 = int(round(len(m) * 0.75))
+    assert flat["a"] == pytest.approx((m[-1] - m[i0]) / m[i0]) and flat["a"] < 0
+    assert flat["flat"] == 0.0
