@@ -59,10 +59,12 @@ def markdown_table(path: Path) -> str:
     rec = json.loads(Path(path).read_text())
     lines = [f"Run of {rec['generated_utc']} ({rec['machine'].get('cpu_count')} CPUs, torch {rec['machine'].get('torch')}, "
              f"cap {rec['cap_s']:.0f} s per notebook, total {rec.get('total_s', 0):.0f} s):", "",
-             "| notebook | status | wall (s) | peak RAM (MiB) |", "| --- | --- | ---: | ---: |"]
+             "| notebook | status | wall (s) | peak RAM (MiB) | run |", "| --- | --- | ---: | ---: | --- |"]
     for name, row in rec["notebooks"].items():
         ram = f"{row['peak_ram_mib']:.0f}" if row.get("peak_ram_mib") is not None else "-"
-        lines.append(f"| {name} | {row['status']} | {row['wall_s']:.1f} | {ram} |")
+        lines.append(f"| {name} | {row['status']} | {row['wall_s']:.1f} | {ram} | {row.get('run', '')} |")
+    if rec.get("note"):
+        lines += ["", rec["note"]]
     return "\n".join(lines)
 
 
