@@ -84,7 +84,7 @@ runtime.register_section(
         n_test=32,
         ablation_epochs=5,  # Table VII analogue (SonoSynth, 3 seeds): 5 epochs x 4 batches of 6 = 20 updates per run
         ablation_batch_size=6,  # 20 updates (10 gave Dice ~0.05: not converged) at 6 images each: 3 seeds fit the budget
-        ablation_variants=("mona", "ht_ne", "ht_ff", "ht"),  # the paper's four rows (ht_global: full profile only)
+        ablation_variants=("ht_ne", "ht_ff", "ht"),  # HT's components (Mona vs HT: §4; mona, ht_global: full profile)
         external_synth=32,  # external validation (§8): SonoSynth breast images exported to a folder
         external_real_limit=12,  # ... and real BUSI images per class read by the folder loader (0 = all)
         real_limit=24,  # BUSI images per class loaded per task (0 = all): 24 train + 24 test images
