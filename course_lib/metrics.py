@@ -37,6 +37,10 @@ multiclass: argmax, macro averages, one-vs-rest AUC). ``y_true`` must be integer
 labels are accepted only when integer-valued (0.0, 1.0), never cast silently; probabilities in
 ``y_true`` (arguments swapped) and string labels raise. Detection: :func:`box_iou`
 (``torchvision.ops.box_iou``). Measurement: :func:`mean_relative_error`.
+
+Intervals (percentile bootstrap over test images, seeded; Efron & Tibshirani 1993, ch. 13):
+:func:`bootstrap_interval` of a mean (e.g. per-image Dice) and :func:`auc_interval` of the binary ROC-AUC.
+The one place for both (notebooks 04, 07, 09 and the experiment runners call them).
 """
 from __future__ import annotations
 
@@ -337,3 +341,53 @@ def summarize(values: Sequence[float]) -> tuple[float, float]:
     if v.size == 0:
         raise ValueError("summarize() got no values")
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def bootstrap_interval(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the **mean** of ``values`` (resampled with replacement, ``n_boot`` times,
+    seeded). One value gives the degenerate interval ``(v, v)``."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size == 0:
+        raise ValueError("no values to bootstrap; evaluate at least one image")
+    if not np.isfinite(v).all():
+        raise ValueError("values contain NaN/inf; a per-image score must be finite (Dice always is)")
+    _check_boot(n_boot, level)
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(int(n_boot), v.size))].mean(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def auc_interval(y_true, score, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the binary ROC-AUC, resampling test images with replacement; the AUC
+    of each resample from the Mann-Whitney rank statistic (ties averaged, equal to ``roc_auc_score``);
+    resamples with a single class are skipped."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(y_true)
+    sc = np.asarray(score, dtype=np.float64).ravel()
+    if y.ndim != 1 or len(y) != len(sc) or len(y) < 2:
+        raise ValueError(f"auc_interval needs 1-D labels and scores of the same length >= 2, got {y.shape} and {sc.shape}")
+    if not set(np.unique(y).tolist()) <= {0, 1}:
+        raise ValueError(f"auc_interval is binary: y_true must hold 0/1 labels, got {np.unique(y)[:5]}")
+    _check_boot(n_boot, level)
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    idx = rng.integers(0, n, size=(int(n_boot), n))
+    yb, sb = y[idx].astype(np.float64), sc[idx]
+    ranks = rankdata(sb, axis=1)
+    npos = yb.sum(1)
+    nneg = n - npos
+    ok = (npos > 0) & (nneg > 0)
+    if not ok.any():
+        raise ValueError("every bootstrap resample holds a single class: the test set needs both classes")
+    auc = ((ranks * yb).sum(1) - npos * (npos + 1) / 2) / np.where(ok, npos * nneg, 1)
+    lo, hi = np.quantile(auc[ok], [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def _check_boot(n_boot, level) -> None:
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), e.g. 0.95, got {level}")
+    if int(n_boot) < 1:
+        raise ValueError(f"n_boot must be a positive int, got {n_boot}")

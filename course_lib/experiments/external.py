@@ -5,7 +5,7 @@ A model is passed as ``predict``: a callable that maps an image stack ``(N, H, W
 the course's samples) to **binary** masks ``(N, H, W)`` (threshold inside it, e.g. ``probs > 0.5``). Data is a
 list of course samples (``course_lib.data.folders.load``, ``busi.load`` ...) or an ``(images, masks)`` pair.
 
-* :func:`bootstrap_interval` — percentile bootstrap interval of a mean over images (Efron & Tibshirani 1993, ch. 13).
+* :func:`bootstrap_interval` — :func:`course_lib.metrics.bootstrap_interval` (interval of a mean over images), re-exported.
 * :func:`evaluate` — per-image Dice (:func:`course_lib.metrics.dice`), mean, interval, number of empty predictions.
 * :func:`external_validation` — :func:`evaluate` on an in-domain and an external set, same model, same metric.
 * :func:`seed_summary` — runs of several training seeds: mean ± sd of the mean Dice over seeds, the per-seed
@@ -18,27 +18,10 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from .. import metrics
+from ..metrics import bootstrap_interval
 
 __all__ = ["bootstrap_interval", "as_arrays", "evaluate", "external_validation", "seed_summary", "verdict",
            "report_table"]
-
-
-def bootstrap_interval(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the **mean** of ``values`` (resampled with replacement, ``n_boot`` times,
-    seeded). One value gives the degenerate interval ``(v, v)``."""
-    v = np.asarray(values, dtype=np.float64).ravel()
-    if v.size == 0:
-        raise ValueError("no values to bootstrap; evaluate at least one image")
-    if not np.isfinite(v).all():
-        raise ValueError("values contain NaN/inf; a per-image score must be finite (Dice always is)")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), e.g. 0.95, got {level}")
-    if int(n_boot) < 1:
-        raise ValueError(f"n_boot must be a positive int, got {n_boot}")
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(int(n_boot), v.size))].mean(1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
 
 
 def as_arrays(data, what: str = "data") -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from course_lib import runtime
+from course_lib import metrics, runtime
 from course_lib.methods.clip_fewshot import clip_adapter, coop, linear_probe, tip_adapter, transclip
 from course_lib.methods.clip_fewshot.checks import check_features, check_text_weights, single_thread
 from course_lib.methods.clip_fewshot.trainer import train_on_features
@@ -56,7 +56,6 @@ __all__ = [
     "description_zero_shot",
     "fixed_zero_shot",
     "wilson_interval",
-    "auc_bootstrap_interval",
 ]
 
 
@@ -84,7 +83,7 @@ def score_predictions(y_true: np.ndarray, prob: np.ndarray, intervals: bool = Tr
     if intervals:
         out["accuracy_lo"], out["accuracy_hi"] = wilson_interval(n_ok, len(y_true))
         if prob.shape[1] == 2 and len(np.unique(y_true)) == 2:
-            out["auc_lo"], out["auc_hi"] = auc_bootstrap_interval(y_true, prob[:, 1])
+            out["auc_lo"], out["auc_hi"] = metrics.auc_interval(y_true, prob[:, 1], n_boot=200)
         else:
             out["auc_lo"] = out["auc_hi"] = float("nan")
     return out
@@ -449,25 +448,6 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     centre = (p + z * z / (2 * n)) / den
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
     return float(centre - half), float(centre + half)
-
-
-def auc_bootstrap_interval(y_true: np.ndarray, score: np.ndarray, n_boot: int = 200, seed: int = 0) -> tuple[float, float]:
-    """Percentile-bootstrap 95 % interval of the binary ROC-AUC (resampling test images; the AUC of each
-    resample from the Mann-Whitney rank statistic, ties averaged)."""
-    from scipy.stats import rankdata
-
-    y_true, score = np.asarray(y_true), np.asarray(score, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    n = len(y_true)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    yb, sb = y_true[idx], score[idx]
-    ranks = rankdata(sb, axis=1)
-    npos = yb.sum(1)
-    nneg = n - npos
-    ok = (npos > 0) & (nneg > 0)
-    auc = ((ranks * yb).sum(1) - npos * (npos + 1) / 2) / np.where(ok, npos * nneg, 1)
-    lo, hi = np.percentile(auc[ok], [2.5, 97.5])
-    return float(lo), float(hi)
 
 
 def description_zero_shot(description_features, logit_scale: float = 100.0) -> Callable:

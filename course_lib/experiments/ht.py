@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .. import metrics, runtime, train
+from ..metrics import auc_interval  # noqa: F401  (re-exported: notebook 09 calls xht.auc_interval)
 from ..data import busi, common
 from ..methods.ht import recipe
 
@@ -146,22 +147,6 @@ def seg_scores(pred, target) -> dict[str, float]:
         out[f"{k}_nonempty"] = float(np.nanmean(v)) if np.isfinite(v).any() else math.nan
     out["empty"] = int((~pred.any((1, 2)) & target.any((1, 2))).sum())
     return out
-
-
-def auc_interval(y_true, y_score, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the ROC-AUC over test images (resampled with replacement; resamples with a
-    single class are skipped)."""
-    from sklearn.metrics import roc_auc_score
-
-    y, p = np.asarray(y_true), np.asarray(y_score)
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(n_boot):
-        i = rng.integers(0, len(y), len(y))
-        if len(np.unique(y[i])) == 2:
-            vals.append(roc_auc_score(y[i], p[i]))
-    lo, hi = np.quantile(vals, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
 
 
 def compare(bb, S, tasks: BusiTasks, pair_images, pair_tokens, seeds=None, methods=None, progress: bool = True,
