@@ -4,7 +4,8 @@
 #                two at a time (JOBS=2, one torch thread each), and print each notebook's wall time,
 #                their sum and the wall time of the whole run                 (the speed benchmark)
 #   make test    set up .venv if missing, then unit tests + every notebook under nbval + the reproducibility
-#                check of notebook 00 (what CI runs)
+#                check of notebook 00 + the CI slice of smoke-full (notebook 00 in smoke mode and the
+#                real-architecture tests at real sizes) (what CI runs)
 #   make slides  one offline reveal.js deck per notebook + an index page in slides/build/ (instructors)
 #   make repro   execute every notebook twice and diff the text outputs (tools/repro_check.py)
 #   make stall-check  execute notebook 00 30 times headless and count kernel-messaging stalls
@@ -53,6 +54,7 @@ course: setup
 test: setup
 	$(HEADLESS) PYTHONWARNINGS=ignore::DeprecationWarning $(BIN)/python -m pytest tests notebooks $(NBVAL_OPTS)
 	$(HEADLESS) $(BIN)/python tools/repro_check.py notebooks/00_welcome_and_setup.ipynb
+	COURSE_PROFILE=full COURSE_SMOKE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(THREADS) $(BIN)/python tools/smoke_full.py --ci
 
 unit: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests

@@ -23,6 +23,8 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from course_lib import runtime
+
 
 @dataclass
 class Result:
@@ -122,6 +124,11 @@ def check(id: str, *answer, **context) -> Result:
     """Check an answer to exercise ``id`` and print the verdict (returned too, truthy when right)."""
     res = run(id, *answer, **context)
     print(f"[{id}] {res}")
+    if not res and runtime.smoke_mode():
+        # COURSE_SMOKE=1 runs the full profile's code paths with random weights, one seed and capped counts: the
+        # numbers a checker compares mean nothing there, so a wrong verdict is reported but not asserted
+        print(f"[{id}] smoke mode (COURSE_SMOKE=1): random weights and capped counts, verdict not asserted")
+        return Result(True, f"smoke mode, not asserted: {res}")
     return res
 
 

@@ -41,3 +41,17 @@ def test_wrong_kind_of_answer_is_explained_not_raised():
 def test_question_validates_its_answer_index():
     with pytest.raises(ValueError, match="correct must index"):
         ex.Question("q", ["a", "b"], 2, "why")
+
+
+def test_smoke_mode_reports_but_does_not_assert_a_wrong_answer(monkeypatch, capsys):
+    """COURSE_SMOKE=1 (random weights, capped counts): a hidden solution's ``assert check(...)`` must not stop
+    the smoke run, but the wrong verdict is still printed; outside smoke mode a wrong answer stays falsy."""
+    eid = sorted(ALL)[0]
+    wrong_args, wrong_ctx = ALL[eid].wrong, ALL[eid].wrong_context
+    check = ex.check
+    monkeypatch.delenv("COURSE_SMOKE", raising=False)
+    assert not check(eid, *wrong_args, **wrong_ctx)
+    monkeypatch.setenv("COURSE_SMOKE", "1")
+    res = check(eid, *wrong_args, **wrong_ctx)
+    out = capsys.readouterr().out
+    assert res and "not asserted" in res.message and "❌ not yet" in out and "verdict not asserted" in out
