@@ -8,7 +8,9 @@
 What is compared: for every code cell, its stdout and its text results (``text/markdown`` — the
 generated prose —, else ``text/html`` tables, else ``text/plain``), after the sanitising
 regexes of ``tests/nbval_sanitize.cfg`` (timings, devices, addresses, progress bars, paths)
-have been applied. stderr (warnings, progress bars) and images are not compared.
+have been applied. stderr (warnings, progress bars) and images are not compared. Cells tagged ``timing``
+(their outputs report wall-clock measurements: speed-ups, seconds per step) are compared with every number
+masked: their text must match, their numbers cannot.
 
 Tolerance: with the same settings twice, outputs must be identical (``--rtol 0 --atol 0``).
 With ``--threads A B`` the kernels get ``COURSE_THREADS``/``OMP_NUM_THREADS`` A and B; reductions
@@ -38,6 +40,8 @@ ROOT = rc.ROOT
 SANITIZE_CFG = ROOT / "tests" / "nbval_sanitize.cfg"
 NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
 TEXT_MIMES = ("text/markdown", "text/html", "text/plain")  # the richest text a reader sees
+#: cell tag of outputs that report wall-clock measurements (speed-ups, seconds per step): compared without numbers
+TIMING_TAG = "timing"
 
 
 def load_sanitizers(path: Path = SANITIZE_CFG) -> list[tuple[re.Pattern, str]]:
@@ -73,7 +77,10 @@ def cell_texts(nb, rules) -> dict[int, str]:
             elif o.get("output_type") == "error":
                 parts.append(f"ERROR {o.get('ename')}: {o.get('evalue')}")
         # object reprs like <Figure size 1200x840 with 36 Axes> are identical between runs; keep them
-        out[i] = sanitize("".join(parts), rules)
+        text = sanitize("".join(parts), rules)
+        if TIMING_TAG in cell.get("metadata", {}).get("tags", []):
+            text = NUMBER.sub("#", text)  # wall-clock measurements: the text must match, the numbers cannot
+        out[i] = text
     return out
 
 

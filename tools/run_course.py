@@ -446,6 +446,11 @@ def main(argv: list[str] | None = None) -> int:
         rec["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
         if len(rows) == len(existing):  # a whole-course run: record its wall time and sum
             rec["jobs"], rec["wall_seconds"], rec["sum_seconds"] = args.jobs, round(total, 1), round(serial, 1)
+            rec.pop("total_seconds", None)
+            rec["date"] = _dt.date.today().isoformat()
+            rec["note"] = (f"one whole-course run with {args.jobs} job(s): each notebook's own wall time"
+                           + (" (two kernels sharing the cores)" if args.jobs > 1 else "")
+                           + ", their sum (sequential) and the wall time of the run")
         rec["profile"] = os.environ["COURSE_PROFILE"]
         rec_path.parent.mkdir(exist_ok=True)
         rec_path.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")

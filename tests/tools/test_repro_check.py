@@ -61,3 +61,20 @@ def test_check_executes_the_same_source_twice_and_reports_a_nondeterministic_cel
     r = rp.check(path, envs=({}, {}), rtol=0, atol=0, cell_timeout=60, notebook_cap=120, rules=rp.load_sanitizers())
     assert r["cells_compared"] == 2
     assert [d["cell"] for d in r["differing"]] == [1] and not r["ok"]
+
+
+def test_timing_tagged_cells_compare_text_but_not_numbers():
+    """Cells tagged ``timing`` report wall-clock measurements: their numbers are masked, their words are not."""
+    def nb_with(text, tags):
+        nb = nbformat.v4.new_notebook()
+        cell = nbformat.v4.new_code_cell("x")
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+        cell.metadata["tags"] = tags
+        nb.cells = [cell]
+        return nb
+
+    rules = rp.load_sanitizers()
+    a, b = "speed-up per epoch: 32x, accuracy 0.71\n", "speed-up per epoch: 39x, accuracy 0.71\n"
+    assert rp.cell_texts(nb_with(a, ["timing"]), rules) == rp.cell_texts(nb_with(b, ["timing"]), rules)
+    assert rp.cell_texts(nb_with(a, []), rules) != rp.cell_texts(nb_with(b, []), rules)
+    assert rp.cell_texts(nb_with(a, ["timing"]), rules) != rp.cell_texts(nb_with("slow-down: 32x\n", ["timing"]), rules)
