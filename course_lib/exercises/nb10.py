@@ -66,13 +66,17 @@ def _position_free(answer, *, mean_box_miou):
           wrong=(([3], 4608),), wrong_context={"depth": 4, "width": 96, "rank": 8, "frozen_ratio": 0.5},
           hint="frozen blocks = floor(ratio x depth + 0.5), LoRA on the rest; per block LoRA on in_proj (d -> 3d) adds "
                "r(d + 3d) and on out_proj (d -> d) adds r(d + d)")
-def _frozen_ratio(answer, *, depth, width, rank, frozen_ratio):
+def _frozen_ratio(answer, *, depth, width, rank, frozen_ratio, lora_params=None):
+    """``lora_params``: the count measured on the built model, for encoders whose blocks differ in width or hold
+    two attentions (Florence-2's DaViT in the full profile), where ``len(blocks) x r(6d)`` does not apply."""
     from course_lib.methods.tapslf.tapslf import lora_blocks
 
     blocks, n = answer
     want_blocks = lora_blocks(int(depth), float(frozen_ratio))
-    want_n = len(want_blocks) * rank * ((width + 3 * width) + (width + width))
+    uniform = len(want_blocks) * rank * ((width + 3 * width) + (width + width))
+    want_n = uniform if lora_params is None else int(lora_params)
+    how = (f"{len(want_blocks)} x r(6d) = {want_n}" if lora_params is None
+           else f"{want_n} counted on the model (r(d_in + d_out) summed over the adapted projections)")
     ok = [int(b) for b in blocks] == want_blocks and int(n) == want_n
-    return Result(ok, f"depth {depth}, ratio {frozen_ratio}: LoRA blocks {want_blocks}, "
-                      f"{len(want_blocks)} x r(6d) = {want_n} parameters (r = {rank}, d = {width}); you gave "
-                      f"{list(blocks)}, {int(n)}")
+    return Result(ok, f"depth {depth}, ratio {frozen_ratio}: LoRA blocks {want_blocks}, {how} parameters "
+                      f"(r = {rank}, d = {width}); you gave {list(blocks)}, {int(n)}")
