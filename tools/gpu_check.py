@@ -93,11 +93,22 @@ def run(notebooks: list[Path], *, cap: float, cell_timeout: int, env: dict, out:
         "cell_timeout_s": cell_timeout,
         "notebooks": {},
     }
+    # rows of notebooks not in this run are kept from an earlier file of the same kind (profile, smoke, CUDA), each
+    # with the time of the run it came from, so re-running one notebook does not erase the others' results
+    kept: dict = {}
+    if out.exists():
+        try:
+            old = json.loads(out.read_text())
+        except (OSError, ValueError):
+            old = {}
+        if all(old.get(k) == record[k] for k in ("profile", "smoke", "cuda")):
+            kept = {n: {**r, "run": r.get("run") or old.get("generated_utc")}
+                    for n, r in old.get("notebooks", {}).items() if n not in {p.name for p in notebooks}}
     t0 = time.perf_counter()
     for path in notebooks:
         print(f"running {path.name} (cap {cap:.0f} s) ...", flush=True)
         res = rc.execute(path, cell_timeout=cell_timeout, notebook_cap=cap, env=env, probe=True)
-        row = notebook_row(res)
+        row = {**notebook_row(res), "run": record["generated_utc"]}
         record["notebooks"][path.name] = row
         gpu = f"{row['peak_gpu_mib']:.0f} MiB" if row["peak_gpu_mib"] is not None else "-"
         ram = f"{row['peak_ram_mib']:.0f} MiB" if row["peak_ram_mib"] is not None else "-"
@@ -107,8 +118,9 @@ def run(notebooks: list[Path], *, cap: float, cell_timeout: int, env: dict, out:
             print("  " + res.error[-1500:].replace("\n", "\n  "), flush=True)
         record["total_s"] = round(time.perf_counter() - t0, 1)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=1) + "\n")  # after every notebook: a crash keeps the rest
-    return record
+        merged = {**record, "notebooks": dict(sorted({**kept, **record["notebooks"]}.items()))}
+        out.write_text(json.dumps(merged, indent=1) + "\n")  # after every notebook: a crash keeps the rest
+    return record  # this run's rows only
 
 
 def main(argv: list[str] | None = None, *, description: str = __doc__, defaults: dict | None = None) -> int:

@@ -105,3 +105,28 @@ def test_parallel_rounds_and_reproducibility_against_the_committed_outputs(tmp_p
     text = capsys.readouterr().out
     assert "REPRO 02_random.ipynb run 1: cells [0] differ from the committed outputs" in text
     assert "reproducible: 2 of 3 runs" in text
+
+
+def test_a_partial_run_keeps_the_other_notebooks_rows(tmp_path):
+    """Re-running one notebook updates its row and keeps the rows of the others (with the run they came from);
+    a file of another kind (profile / smoke / CUDA) is not merged."""
+    def nb(name):
+        n = nbformat.v4.new_notebook()
+        n.cells = [nbformat.v4.new_code_cell("x = 1")]
+        n.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(n, tmp_path / name)
+        return tmp_path / name
+
+    a, b = nb("00_a.ipynb"), nb("01_b.ipynb")
+    out = tmp_path / "gpu_times.json"
+    assert gpu_check.main(["--dry-run", "--cap", "120", "--out", str(out), str(a), str(b)]) == 0
+    first = json.loads(out.read_text())
+    assert gpu_check.main(["--dry-run", "--cap", "120", "--out", str(out), str(b)]) == 0
+    rec = json.loads(out.read_text())
+    assert list(rec["notebooks"]) == ["00_a.ipynb", "01_b.ipynb"]
+    assert rec["notebooks"]["00_a.ipynb"]["run"] == first["generated_utc"]
+    assert rec["notebooks"]["01_b.ipynb"]["run"] == rec["generated_utc"]
+    rec["profile"] = "other"
+    out.write_text(json.dumps(rec))
+    assert gpu_check.main(["--dry-run", "--cap", "120", "--out", str(out), str(b)]) == 0
+    assert list(json.loads(out.read_text())["notebooks"]) == ["01_b.ipynb"]

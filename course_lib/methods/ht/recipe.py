@@ -123,8 +123,8 @@ runtime.register_section(
         filter_steps=300,
     ),
     # COURSE_SMOKE=1: ViT-B/16 at 224 px on a CPU peaked at 8.4 GiB at batch 16 and ran past the 300 s cap
-    smoke=dict(batch_size=4, ablation_batch_size=2, n_train=8, n_test=8, real_limit=8, stage1_samples=16,
-               external_synth=8, external_real_limit=4),
+    smoke=dict(batch_size=2, epochs=1, ablation_batch_size=2, n_train=8, n_test=8, real_limit=4, stage1_samples=8,
+               external_synth=8, external_real_limit=4, ratios=(0.5, 1.0)),  # ratios: run the Table IV path (full only)
 )
 
 #: methods :func:`build_model` understands
